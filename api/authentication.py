@@ -1,0 +1,55 @@
+"""`Authorization: Bearer <api key>` for the publishing API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AnonymousUser
+from rest_framework import authentication
+from rest_framework.request import Request
+
+from .exceptions import InvalidApiKey
+from .models import ApiKey, hash_key
+
+
+class Publisher(AnonymousUser):
+    """The authenticated caller of the API: an API key, not a Django user."""
+
+    def __init__(self, key: ApiKey) -> None:
+        self.key = key
+
+    @property
+    def is_authenticated(self) -> bool:  # type: ignore[override]
+        return True
+
+    @property
+    def publisher_id(self) -> str:
+        return f"key:{self.key.pk}"
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    keyword = "Bearer"
+
+    def authenticate(self, request: Request) -> tuple[Publisher, ApiKey] | None:
+        header = authentication.get_authorization_header(request).decode("latin-1")
+        if not header:
+            return None
+        scheme, _, key = header.partition(" ")
+        if scheme != self.keyword or not key.strip():
+            raise InvalidApiKey("use 'Authorization: Bearer <api key>'")
+        # Looked up on every request, so a revoked key stops working at once.
+        record = ApiKey.objects.active().filter(key_hash=hash_key(key.strip())).first()
+        if record is None:
+            raise InvalidApiKey("unknown or revoked API key")
+        return Publisher(record), record
+
+    def authenticate_header(self, request: Request) -> str:
+        return self.keyword
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return "ApiKeyAuthentication()"
+
+
+def publisher_of(request: Request) -> str:
+    user: Any = request.user
+    return str(user.publisher_id)

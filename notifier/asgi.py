@@ -1,0 +1,26 @@
+"""ASGI entry point: HTTP through Django, WebSocket through the notifier consumer."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "notifier.settings")
+django_http = get_asgi_application()  # sets Django up before the consumers are imported
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+
+from realtime.origin import OriginMiddleware  # noqa: E402
+from realtime.routing import websocket_urlpatterns  # noqa: E402
+
+http_app = ASGIStaticFilesHandler(django_http) if settings.EMBEDDED or settings.DEBUG else django_http
+
+application = ProtocolTypeRouter(
+    {
+        "http": http_app,
+        "websocket": OriginMiddleware(URLRouter(websocket_urlpatterns)),
+    }
+)

@@ -1,0 +1,208 @@
+"""Django settings for notifier, read from the environment (12-factor).
+
+Every setting has a safe default. With no REDIS_URL the service runs in its embedded mode
+(SQLite, in-memory channel layer and history, Celery tasks run eagerly in-process), which is
+for trying it on a laptop. Production sets REDIS_URL (and DATABASE_URL).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(key: str, default: str) -> str:
+    return os.environ.get(key, default)
+
+
+def env_bool(key: str, default: bool) -> bool:
+    raw = os.environ.get(key)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{key}={raw!r} is not a boolean (use 1/0, true/false, yes/no, on/off)")
+
+
+def env_int(key: str, default: int) -> int:
+    raw = os.environ.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{key}={raw!r} is not an integer") from None
+
+
+def env_list(key: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(key)
+    if raw is None or raw.strip() == "":
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+_INSECURE_DEV_KEY = "insecure-embedded-default-key-do-not-use-in-production"
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", _INSECURE_DEV_KEY)
+REDIS_URL = env_str("REDIS_URL", "")
+EMBEDDED = REDIS_URL == ""
+if not EMBEDDED and SECRET_KEY == _INSECURE_DEV_KEY:
+    raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when REDIS_URL is set (production mode)")
+
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "channels",
+    "realtime",
+    "api",
+    "worker",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "notifier.urls"
+ASGI_APPLICATION = "notifier.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"), conn_max_age=0
+    )
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = Path(env_str("DJANGO_STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+
+# Redis: one pool configuration for the channel layer, history and Celery. The timeouts make a
+# dead Redis fail a publish quickly (503) instead of hanging the request.
+REDIS_CONNECT_TIMEOUT_SECS = 2
+REDIS_SOCKET_TIMEOUT_SECS = 5
+
+if EMBEDDED:
+    CHANNEL_LAYERS = {
+        "default": {
+            # The hub is one channel per process, so capacity is the hub's backlog, not a
+            # per-socket queue: keep it far above a burst.
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": 100_000},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            # Pub/sub layer: one PUBLISH per event however many processes listen, no
+            # per-member queues that drop silently when full. It is at-most-once; the hub
+            # fills any gap from history (see README, "Why the pub/sub layer").
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_connect_timeout": REDIS_CONNECT_TIMEOUT_SECS,
+                        "socket_keepalive": True,
+                        "health_check_interval": 10,
+                    }
+                ],
+                "prefix": env_str("NOTIFIER_LAYER_PREFIX", "notifier"),
+            },
+        }
+    }
+
+# Celery: Redis is the broker. Embedded mode runs tasks eagerly in-process.
+CELERY_BROKER_URL = REDIS_URL or "memory://"
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", "") or None
+CELERY_TASK_ALWAYS_EAGER = EMBEDDED
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["api.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "api.exceptions.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+# Our own knobs, read through realtime.conf.notifier_settings (unknown keys raise).
+NOTIFIER = {
+    "REDIS_URL": REDIS_URL,
+    "MAX_PAYLOAD_BYTES": env_int("NOTIFIER_MAX_PAYLOAD_BYTES", 64 * 1024),
+    "MAX_FRAME_BYTES": env_int("NOTIFIER_MAX_FRAME_BYTES", 64 * 1024),
+    "MAX_CHANNELS_PER_PUBLISH": env_int("NOTIFIER_MAX_CHANNELS_PER_PUBLISH", 100),
+    "MAX_BATCH_EVENTS": 100,
+    "HEARTBEAT_SECS": env_int("NOTIFIER_HEARTBEAT_SECS", 25),
+    "ALLOWED_ORIGINS": env_list("NOTIFIER_ALLOWED_ORIGINS", []),
+    "HISTORY_SIZE": env_int("NOTIFIER_HISTORY_SIZE", 1000),
+    "HISTORY_TTL_SECS": env_int("NOTIFIER_HISTORY_TTL_SECS", 24 * 3600),
+    "REDIS_PREFIX": env_str("NOTIFIER_REDIS_PREFIX", "notifier"),
+    "REDIS_MAX_CONNECTIONS": env_int("NOTIFIER_REDIS_MAX_CONNECTIONS", 50),
+    "REDIS_CONNECT_TIMEOUT_SECS": REDIS_CONNECT_TIMEOUT_SECS,
+    "REDIS_SOCKET_TIMEOUT_SECS": REDIS_SOCKET_TIMEOUT_SECS,
+    "NAMESPACES": {},
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("NOTIFIER_LOG_LEVEL", "INFO")},
+    "loggers": {
+        # An access-log line per request/connection costs CPU on the hot path (DESIGN §8).
+        "daphne.server": {"level": "WARNING"},
+        "django.channels.server": {"level": "WARNING"},
+    },
+}

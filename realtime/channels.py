@@ -1,0 +1,98 @@
+"""Channel names, their namespaces' policies, and the one mapping channel -> group name.
+
+A channel is `name` or `namespace:name`. Channels' group names are more restricted (ASCII
+letters, digits, `-_.`, under 100 characters), so `group_of()` escapes the other characters
+injectively, and hashes names whose escaped form would be too long.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .conf import notifier_settings
+
+MAX_CHANNEL_LENGTH = 128
+CHANNEL_RE = re.compile(r"^[A-Za-z0-9_.\-@=]+(:[A-Za-z0-9_.\-:@=]+)?$")
+# `_` starts every escape, so escaped names never collide with each other.
+_GROUP_ESCAPES = {"_": "_u", ":": "_c", "@": "_a", "=": "_e"}
+_GROUP_ESCAPE_RE = re.compile("[_:@=]")
+_GROUP_MAX = 99  # Channels requires len(name) < 100
+
+
+class InvalidChannel(ValueError):
+    """A channel name that breaks the documented rules."""
+
+
+@dataclass(frozen=True)
+class NamespacePolicy:
+    """What a namespace allows. Configured in NOTIFIER["NAMESPACES"]."""
+
+    # Any connected client may subscribe (no authorization needed).
+    public: bool = True
+    # `user:<id>` style: only the user whose id is the channel's name may subscribe.
+    personal: bool = False
+    # Subscribers may publish with the `publish` op.
+    client_publish: bool = False
+    presence: bool = False
+    history_size: int | None = None  # None: NOTIFIER["HISTORY_SIZE"]
+    history_ttl_secs: int | None = None  # None: NOTIFIER["HISTORY_TTL_SECS"]
+
+
+DEFAULT_NAMESPACES: dict[str, NamespacePolicy] = {
+    "": NamespacePolicy(),
+    "private": NamespacePolicy(public=False),
+    "user": NamespacePolicy(public=False, personal=True),
+}
+
+
+def validate_channel(channel: Any) -> str:
+    """Return `channel` if it is a well-formed name, else raise InvalidChannel."""
+    if not isinstance(channel, str):
+        raise InvalidChannel("channel must be a string")
+    if not channel:
+        raise InvalidChannel("channel must not be empty")
+    if len(channel) > MAX_CHANNEL_LENGTH:
+        raise InvalidChannel(f"channel is longer than {MAX_CHANNEL_LENGTH} characters")
+    if not CHANNEL_RE.match(channel):
+        raise InvalidChannel(
+            "channel may contain only ASCII letters, digits and _ . - @ = , "
+            "with an optional 'namespace:' prefix"
+        )
+    return channel
+
+
+def namespace_of(channel: str) -> str:
+    return channel.split(":", 1)[0] if ":" in channel else ""
+
+
+def name_in_namespace(channel: str) -> str:
+    return channel.split(":", 1)[1] if ":" in channel else channel
+
+
+def policies() -> dict[str, NamespacePolicy]:
+    merged = dict(DEFAULT_NAMESPACES)
+    for namespace, overrides in notifier_settings.NAMESPACES.items():
+        base = merged.get(namespace, NamespacePolicy())
+        merged[namespace] = replace(base, **overrides)
+    return merged
+
+
+def policy_of(channel: str) -> NamespacePolicy | None:
+    """The policy of the channel's namespace, or None when the namespace is not configured."""
+    return policies().get(namespace_of(channel))
+
+
+def group_of(channel: str) -> str:
+    """The Channels group name of a (validated) channel; injective."""
+    escaped = _GROUP_ESCAPE_RE.sub(lambda m: _GROUP_ESCAPES[m.group(0)], channel)
+    group = f"ch.{escaped}"
+    if len(group) <= _GROUP_MAX:
+        return group
+    return "chh." + hashlib.sha256(channel.encode()).hexdigest()
+
+
+def personal_channel(user_id: str) -> str:
+    return f"user:{user_id}"

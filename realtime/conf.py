@@ -1,0 +1,68 @@
+"""The NOTIFIER settings block, read through one accessor (DRF's `api_settings` shape).
+
+Unknown keys raise, so a typo is found at the first read rather than silently ignored, and the
+cache is reset on `setting_changed` so `override_settings` works in tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+
+DEFAULTS: dict[str, Any] = {
+    "REDIS_URL": "",
+    "MAX_PAYLOAD_BYTES": 64 * 1024,
+    "MAX_FRAME_BYTES": 64 * 1024,
+    "MAX_CHANNELS_PER_PUBLISH": 100,
+    "MAX_BATCH_EVENTS": 100,
+    "HEARTBEAT_SECS": 25,
+    "ALLOWED_ORIGINS": [],
+    "HISTORY_SIZE": 1000,
+    "HISTORY_TTL_SECS": 24 * 3600,
+    "REDIS_PREFIX": "notifier",
+    "REDIS_MAX_CONNECTIONS": 50,
+    "REDIS_CONNECT_TIMEOUT_SECS": 2,
+    "REDIS_SOCKET_TIMEOUT_SECS": 5,
+    # Namespace (the part of a channel name before ":") -> policy overrides; see
+    # realtime.channels.NamespacePolicy. "" is the namespace of names without ":".
+    "NAMESPACES": {},
+}
+
+
+class NotifierSettings:
+    """Attribute access to NOTIFIER settings with defaults; unknown names raise."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name not in DEFAULTS:
+            raise AttributeError(f"Unknown NOTIFIER setting: {name!r}")
+        if name not in self._cache:
+            user = getattr(settings, "NOTIFIER", {})
+            unknown = set(user) - set(DEFAULTS)
+            if unknown:
+                raise AttributeError(f"Unknown NOTIFIER settings: {sorted(unknown)}")
+            self._cache[name] = user.get(name, DEFAULTS[name])
+        return self._cache[name]
+
+    @property
+    def embedded(self) -> bool:
+        """True when no Redis is configured: in-process layer and history."""
+        return not self.REDIS_URL
+
+    def reload(self) -> None:
+        self._cache.clear()
+
+
+notifier_settings = NotifierSettings()
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == "NOTIFIER":
+        notifier_settings.reload()
+
+
+setting_changed.connect(_reload)

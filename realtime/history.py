@@ -1,0 +1,190 @@
+"""Per-channel history: offsets, epochs and the stored event frames.
+
+Each channel has an offset that counts up from 1 and an epoch that changes whenever its history
+is lost (expired, flushed), so a client holding an old position learns it cannot be recovered.
+`append` stores a frame and assigns its offset atomically (one Lua script per channel, all
+channels of a publish in one round trip), so publishers on many processes never produce
+duplicate or reordered offsets.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .conf import notifier_settings
+from .events import FrameTemplate
+from .redis import get_redis
+
+
+@dataclass(frozen=True)
+class Position:
+    offset: int
+    epoch: str
+
+    def as_dict(self) -> dict[str, int | str]:
+        return {"offset": self.offset, "epoch": self.epoch}
+
+
+@dataclass(frozen=True)
+class Append:
+    channel: str
+    template: FrameTemplate
+    size: int
+    ttl_secs: int
+
+
+@dataclass(frozen=True)
+class Stored:
+    position: Position
+    frame: str
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Frames after some offset, with the channel's latest position when they were read."""
+
+    position: Position
+    frames: list[tuple[int, str]] = field(default_factory=list)
+    # False when history no longer reaches back to the requested offset.
+    complete: bool = True
+
+
+class History(Protocol):
+    async def append(self, items: Sequence[Append]) -> list[Stored]: ...
+
+    async def read(self, channel: str, after: int, limit: int) -> Slice: ...
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(4)
+
+
+def _complete(after: int, latest: int, frames: list[tuple[int, str]]) -> bool:
+    if after >= latest:
+        return True
+    return bool(frames) and frames[0][0] == after + 1
+
+
+_APPEND_LUA = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local frame = ARGV[2] .. offset .. ARGV[3]
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-0', 'f', frame)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return {offset, epoch}
+"""
+
+
+class RedisHistory:
+    """History in Redis: a hash {epoch, offset} and a stream whose entry ids are the offsets."""
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+
+    def _keys(self, channel: str) -> tuple[str, str]:
+        base = f"{self._prefix}:h:{channel}"
+        return f"{base}:meta", f"{base}:log"
+
+    async def append(self, items: Sequence[Append]) -> list[Stored]:
+        redis = get_redis()
+        script = redis.register_script(_APPEND_LUA)
+        async with redis.pipeline(transaction=False) as pipe:
+            for item in items:
+                meta, log = self._keys(item.channel)
+                await script(
+                    keys=[meta, log],
+                    args=[new_epoch(), item.template.head, item.template.tail, item.size, item.ttl_secs],
+                    client=pipe,
+                )
+            results = await pipe.execute()
+        stored = []
+        for item, (offset, epoch) in zip(items, results, strict=True):
+            offset = int(offset)
+            stored.append(Stored(Position(offset, _text(epoch)), item.template.render(offset)))
+        return stored
+
+    async def read(self, channel: str, after: int, limit: int) -> Slice:
+        meta, log = self._keys(channel)
+        async with get_redis().pipeline(transaction=True) as pipe:
+            pipe.hmget(meta, "epoch", "offset")
+            pipe.xrange(log, min=f"({after}-0" if after > 0 else "-", max="+", count=limit)
+            (epoch, offset), entries = await pipe.execute()
+        if epoch is None:
+            # No history at all: a channel nobody has published to (or whose history expired).
+            return Slice(Position(0, ""), [], complete=after <= 0)
+        latest = int(offset)
+        frames = [(int(_text(entry_id).split("-", 1)[0]), _text(fields[b"f"])) for entry_id, fields in entries]
+        return Slice(Position(latest, _text(epoch)), frames, _complete(after, latest, frames))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass
+class _MemoryLog:
+    epoch: str
+    offset: int
+    frames: deque[tuple[int, str]]
+    expires_at: float
+
+
+class MemoryHistory:
+    """History in process memory, for the embedded single-process mode."""
+
+    def __init__(self, clock: type[time.monotonic] | None = None) -> None:
+        self._logs: dict[str, _MemoryLog] = {}
+        self.clock = clock or time.monotonic
+
+    def _live_log(self, channel: str) -> _MemoryLog | None:
+        log = self._logs.get(channel)
+        if log is not None and log.expires_at <= self.clock():
+            del self._logs[channel]
+            return None
+        return log
+
+    async def append(self, items: Sequence[Append]) -> list[Stored]:
+        stored = []
+        for item in items:
+            log = self._live_log(item.channel)
+            if log is None or log.frames.maxlen != item.size:
+                log = self._logs[item.channel] = _MemoryLog(
+                    new_epoch() if log is None else log.epoch,
+                    0 if log is None else log.offset,
+                    deque(log.frames if log else (), maxlen=item.size),
+                    0.0,
+                )
+            log.offset += 1
+            log.expires_at = self.clock() + item.ttl_secs
+            frame = item.template.render(log.offset)
+            log.frames.append((log.offset, frame))
+            stored.append(Stored(Position(log.offset, log.epoch), frame))
+        return stored
+
+    async def read(self, channel: str, after: int, limit: int) -> Slice:
+        log = self._live_log(channel)
+        if log is None:
+            return Slice(Position(0, ""), [], complete=after <= 0)
+        frames = [(offset, frame) for offset, frame in log.frames if offset > after][:limit]
+        return Slice(Position(log.offset, log.epoch), frames, _complete(after, log.offset, frames))
+
+
+_memory_history = MemoryHistory()
+
+
+def get_history() -> History:
+    """The history backend of this process: Redis when configured, else process memory."""
+    if notifier_settings.embedded:
+        return _memory_history
+    return RedisHistory(notifier_settings.REDIS_PREFIX)

@@ -1,0 +1,331 @@
+"""The hub: this process's single member of every channel group that has local subscribers.
+
+It joins a channel's group once (not once per socket), receives each event frame that
+`publish()` encoded once, and hands it to its local connections. It also delivers in order
+and without gaps per channel: it remembers the last offset delivered; the next offset is
+delivered, an old one dropped, and a gap is filled from history first. A periodic check of
+each channel's latest offset catches a lost *last* event. Heartbeats run here too, one timer
+for all sockets rather than one task per socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from channels.layers import BaseChannelLayer, get_channel_layer
+
+from .channels import group_of
+from .codes import CloseCode
+from .conf import notifier_settings
+from .connection import Connection
+from .history import History, Position, Slice, get_history
+
+logger = logging.getLogger(__name__)
+
+PING_FRAME = '{"type":"ping"}'
+RECEIVE_RETRY_SECS = 1.0
+POSITION_CHECK_SECS = 5.0
+HISTORY_READ_LIMIT = 10_000
+
+
+@dataclass
+class HubStats:
+    delivered: int = 0
+    gap_fills: int = 0
+    duplicates_dropped: int = 0
+    position_fills: int = 0
+
+
+@dataclass
+class _Channel:
+    subscribers: set[Connection] = field(default_factory=set)
+    joined: asyncio.Future[None] | None = None
+    pending: int = 0  # subscribes under way
+    last: int | None = None  # last offset delivered to this process's subscribers
+    epoch: str | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """What a subscribe found: the position the socket starts from and what it replays."""
+
+    position: Position
+    replay: list[str]
+    recovered: bool
+
+
+class Hub:
+    """One per event loop (one per server process)."""
+
+    def __init__(self, layer: BaseChannelLayer, history: History, heartbeat_secs: float) -> None:
+        self.layer = layer
+        self.history = history
+        self.heartbeat_secs = heartbeat_secs
+        self.connections: set[Connection] = set()
+        self.stats = HubStats()
+        self._channels: dict[str, _Channel] = {}
+        self._layer_channel: str | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = asyncio.Lock()
+
+    # -- connections -------------------------------------------------------------------------
+
+    def add_connection(self, conn: Connection) -> None:
+        self.connections.add(conn)
+
+    async def remove_connection(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        conn.discard()
+        for channel in list(conn.subscriptions):
+            await self.unsubscribe(channel, conn)
+
+    # -- subscriptions -----------------------------------------------------------------------
+
+    async def subscribe(
+        self,
+        channel: str,
+        conn: Connection,
+        since: Position | None = None,
+        announce: Callable[[Subscription], None] = lambda sub: None,
+    ) -> Subscription:
+        """Join the channel's group if needed, then add `conn` with no gap and no duplicate.
+
+        The group is joined before history is read, and the socket is added in the same step
+        as the hub's position is compared with what history returned, so every offset after
+        the socket's starting point is delivered exactly once, by replay or live. `announce` is
+        called at that moment, before any live event can reach the socket.
+        """
+        await self._ensure_started()
+        state = self._channels.setdefault(channel, _Channel())
+        conn.subscriptions.add(channel)
+        state.pending += 1
+        try:
+            await self._join(channel, state)
+            # The lock keeps live deliveries of this channel out while the socket is attached.
+            async with state.lock:
+                result = await self._attach(channel, state, since)
+                if conn.closed:  # the socket went away while we waited on Redis
+                    conn.subscriptions.discard(channel)
+                else:
+                    announce(result)
+                    state.subscribers.add(conn)
+            return result
+        except BaseException:
+            conn.subscriptions.discard(channel)
+            raise
+        finally:
+            state.pending -= 1
+            if conn not in state.subscribers:
+                await self._leave_if_unused(channel, state)
+
+    async def _attach(self, channel: str, state: _Channel, since: Position | None) -> Subscription:
+        if state.last is not None and state.epoch is not None:
+            here = Position(state.last, state.epoch)
+            if since is None or since == here:  # nothing to replay: no Redis round trip
+                return Subscription(here, [], True)
+        if since is None:
+            current = await self.history.read(channel, after=_LATEST, limit=1)
+            self._align(state, current.position)
+            return Subscription(Position(state.last or 0, state.epoch or ""), [], True)
+        after = since.offset
+        recovered = True
+        replay: list[str] = []
+        while True:
+            read: Slice = await self.history.read(channel, after=after, limit=HISTORY_READ_LIMIT)
+            if since.epoch != read.position.epoch and since.offset > 0:
+                recovered = False
+            self._align(state, read.position)
+            if after == since.offset and not read.complete:
+                recovered = False
+            if not recovered:
+                return Subscription(Position(state.last or 0, state.epoch or ""), [], False)
+            assert state.last is not None
+            replay.extend(frame for offset, frame in read.frames if offset <= state.last)
+            fetched = read.frames[-1][0] if read.frames else after
+            if fetched >= state.last:
+                return Subscription(Position(state.last, state.epoch or ""), replay, True)
+            after = fetched  # the hub has delivered past what we read: read the rest
+
+    def _align(self, state: _Channel, position: Position) -> None:
+        """Adopt history's position when the hub has none yet, or the epoch changed."""
+        if state.last is None or state.epoch != position.epoch:
+            state.last, state.epoch = position.offset, position.epoch
+
+    async def unsubscribe(self, channel: str, conn: Connection) -> None:
+        conn.subscriptions.discard(channel)
+        state = self._channels.get(channel)
+        if state is None:
+            return
+        state.subscribers.discard(conn)
+        await self._leave_if_unused(channel, state)
+
+    async def _join(self, channel: str, state: _Channel) -> None:
+        if state.joined is not None:
+            await asyncio.shield(state.joined)
+            return
+        joined = state.joined = asyncio.get_running_loop().create_future()
+        try:
+            assert self._layer_channel is not None
+            await self.layer.group_add(group_of(channel), self._layer_channel)
+        except BaseException as exc:
+            state.joined = None
+            if isinstance(exc, asyncio.CancelledError):
+                joined.cancel()
+            else:
+                joined.set_exception(exc)
+                joined.exception()  # retrieved: concurrent waiters re-raise it themselves
+            raise
+        joined.set_result(None)
+
+    async def _leave_if_unused(self, channel: str, state: _Channel) -> None:
+        if state.subscribers or state.pending or self._channels.get(channel) is not state:
+            return
+        del self._channels[channel]
+        if state.joined is not None and state.joined.done() and not state.joined.cancelled() \
+                and state.joined.exception() is None:
+            try:
+                assert self._layer_channel is not None
+                await self.layer.group_discard(group_of(channel), self._layer_channel)
+            except Exception as exc:  # noqa: BLE001 - Redis down: nothing more to do here
+                logger.warning("group_discard(%s) failed: %s", channel, exc)
+
+    def subscriber_count(self, channel: str) -> int:
+        state = self._channels.get(channel)
+        return len(state.subscribers) if state else 0
+
+    def joined_channels(self) -> list[str]:
+        return list(self._channels)
+
+    # -- receiving and delivering ------------------------------------------------------------
+
+    async def _ensure_started(self) -> None:
+        if self._layer_channel is not None:
+            return
+        async with self._started:
+            if self._layer_channel is None:
+                name = await self.layer.new_channel(prefix="hub.")
+                loop = asyncio.get_running_loop()
+                self._tasks = [
+                    loop.create_task(self._receive_loop(name)),
+                    loop.create_task(self._heartbeat_loop()),
+                    loop.create_task(self._position_loop()),
+                ]
+                self._layer_channel = name
+
+    async def _receive_loop(self, name: str) -> None:
+        while True:
+            try:
+                message = await self.layer.receive(name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep the hub alive across Redis outages
+                logger.warning("hub receive failed: %s", exc)
+                await asyncio.sleep(RECEIVE_RETRY_SECS)
+                continue
+            if message.get("type") == "hub.event":
+                await self.on_event(message)
+
+    async def on_event(self, message: dict[str, Any]) -> None:
+        """Deliver one event frame in order: fill a gap first, drop what was delivered."""
+        channel = message["channel"]
+        state = self._channels.get(channel)
+        if state is None:
+            return
+        offset: int = message["offset"]
+        async with state.lock:
+            if state.last is None:
+                state.last, state.epoch = offset - 1, message["epoch"]
+            elif state.epoch != message["epoch"]:
+                state.last, state.epoch = 0, message["epoch"]  # history restarted at offset 1
+            if offset <= state.last:
+                self.stats.duplicates_dropped += 1
+                return
+            if offset > state.last + 1:
+                self.stats.gap_fills += 1
+                await self._fill(channel, state, upto=offset - 1)
+            self._fan_out(state, offset, message["frame"])
+
+    async def _fill(self, channel: str, state: _Channel, upto: int) -> None:
+        assert state.last is not None
+        try:
+            read = await self.history.read(channel, after=state.last, limit=upto - state.last)
+        except Exception as exc:  # noqa: BLE001 - deliver what we can; the next check retries
+            logger.warning("gap fill for %s failed: %s", channel, exc)
+            return
+        for offset, frame in read.frames:
+            if offset <= upto:
+                self._fan_out(state, offset, frame)
+
+    def _fan_out(self, state: _Channel, offset: int, frame: str) -> None:
+        assert state.last is not None
+        if offset <= state.last:
+            return
+        state.last = offset
+        for conn in state.subscribers:
+            conn.deliver(frame)
+        self.stats.delivered += len(state.subscribers)
+
+    async def _position_loop(self) -> None:
+        """Catch events whose live message was lost and that no later event revealed."""
+        while True:
+            await asyncio.sleep(POSITION_CHECK_SECS)
+            for channel, state in list(self._channels.items()):
+                if state.last is None:
+                    continue
+                try:
+                    async with state.lock:
+                        read = await self.history.read(channel, after=state.last, limit=HISTORY_READ_LIMIT)
+                        if read.position.epoch != state.epoch:
+                            continue  # the next live event re-aligns the epoch
+                        if read.frames:
+                            self.stats.position_fills += 1
+                        for offset, frame in read.frames:
+                            self._fan_out(state, offset, frame)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    logger.warning("position check for %s failed: %s", channel, exc)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_secs)
+            self.heartbeat()
+
+    def heartbeat(self) -> None:
+        """Ping every socket; close those silent for two intervals."""
+        deadline = 2 * self.heartbeat_secs
+        for conn in list(self.connections):
+            if conn.clock() - conn.last_seen > deadline:
+                conn.close(CloseCode.HEARTBEAT_MISSED)
+            else:
+                conn.deliver(PING_FRAME)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+
+_LATEST = 1 << 62  # "after" this offset: read only the position, no frames
+
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
+
+
+def get_hub() -> Hub:
+    """The hub of the running event loop."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        layer = get_channel_layer()
+        if layer is None:
+            raise RuntimeError("CHANNEL_LAYERS is not configured")
+        hub = _hubs[loop] = Hub(layer, get_history(), notifier_settings.HEARTBEAT_SECS)
+    return hub

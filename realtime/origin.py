@@ -1,0 +1,46 @@
+"""Origin validation for WebSocket handshakes.
+
+A browser always sends `Origin`; it must be the service's own host or one listed in
+NOTIFIER["ALLOWED_ORIGINS"]. Servers and scripts send none and are allowed (DESIGN §5), which
+Channels' OriginValidator does not allow, hence this small middleware.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from .codes import CloseCode
+from .conf import notifier_settings
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
+    """True if a handshake with this Origin (None: no header) may connect to `host`."""
+    if origin is None:
+        return True
+    if "*" in allowed or origin in allowed:
+        return True
+    parts = urlsplit(origin)
+    return bool(host) and parts.scheme in {"http", "https"} and parts.netloc.lower() == (host or "").lower()
+
+
+class OriginMiddleware:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if scope["type"] == "websocket":
+            origin = _header(scope, b"origin")
+            host = _header(scope, b"host")
+            if not origin_allowed(origin, host, list(notifier_settings.ALLOWED_ORIGINS)):
+                await receive()  # the websocket.connect message
+                await send({"type": "websocket.close", "code": CloseCode.FORBIDDEN})
+                return None
+        return await self.app(scope, receive, send)

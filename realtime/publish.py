@@ -1,0 +1,145 @@
+"""`publish()`: the one path every event takes, and the only writer to the channel layer.
+
+validate -> assign an id -> encode the frame once per channel -> store it in history, getting
+its offset atomically -> `group_send` the encoded frame to the channel's group, where each
+server process's hub hands it to its local sockets.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from channels.layers import get_channel_layer
+from redis.exceptions import RedisError
+
+from .bridge import run_sync
+from .channels import InvalidChannel, group_of, policy_of, validate_channel
+from .conf import notifier_settings
+from .events import dumps, event_template, new_event_id, now
+from .history import Append, Position, get_history
+
+logger = logging.getLogger(__name__)
+
+MAX_EVENT_NAME_LENGTH = 128
+HUB_EVENT = "hub.event"
+
+
+class PublishError(Exception):
+    """A publish refused before anything was stored; `code` is stable, for API errors."""
+
+    code = "invalid"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+
+class InvalidPublish(PublishError):
+    code = "invalid"
+
+
+class PayloadTooLarge(PublishError):
+    code = "payload_too_large"
+
+
+class Unavailable(PublishError):
+    """Redis (history or channel layer) failed: the event was not acknowledged."""
+
+    code = "unavailable"
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    id: str
+    channels: dict[str, Position]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "channels": {c: p.as_dict() for c, p in self.channels.items()}}
+
+
+def check_channels(channels: Sequence[str]) -> list[str]:
+    """Validated, de-duplicated channels in first-seen order."""
+    if not channels:
+        raise InvalidPublish("at least one target channel or user is required")
+    unique = list(dict.fromkeys(channels))
+    limit = notifier_settings.MAX_CHANNELS_PER_PUBLISH
+    if len(unique) > limit:
+        raise InvalidPublish(f"at most {limit} channels per publish", {"limit": limit})
+    for channel in unique:
+        try:
+            validate_channel(channel)
+        except InvalidChannel as exc:
+            raise InvalidPublish(f"{channel!r}: {exc}", {"channel": channel}) from None
+        if policy_of(channel) is None:
+            raise InvalidPublish(f"{channel!r}: unknown namespace", {"channel": channel})
+    return unique
+
+
+def encode_data(data: Any) -> str:
+    """`data` as compact JSON, refused when not JSON or over the payload limit."""
+    try:
+        encoded = dumps(data)
+    except (TypeError, ValueError) as exc:
+        raise InvalidPublish(f"data is not JSON-serializable: {exc}") from None
+    size = len(encoded.encode())
+    limit = notifier_settings.MAX_PAYLOAD_BYTES
+    if size > limit:
+        raise PayloadTooLarge(
+            f"data is {size} bytes encoded; the limit is {limit}", {"size": size, "limit": limit}
+        )
+    return encoded
+
+
+def check_event_name(event: Any) -> str:
+    if not isinstance(event, str) or not event or len(event) > MAX_EVENT_NAME_LENGTH:
+        raise InvalidPublish(f"event must be a non-empty string of at most {MAX_EVENT_NAME_LENGTH} characters")
+    return event
+
+
+async def apublish(
+    channels: Sequence[str], event: str, data: Any = None, *, sender: str | None = None
+) -> PublishResult:
+    """Store and send one event to each channel; raises PublishError, never half-acknowledges."""
+    targets = check_channels(channels)
+    check_event_name(event)
+    data_json = encode_data(data)
+    event_id, ts = new_event_id(), now()
+    items = []
+    for channel in targets:
+        policy = policy_of(channel)
+        assert policy is not None  # check_channels refused unknown namespaces
+        items.append(
+            Append(
+                channel,
+                event_template(channel, event_id, event, data_json, ts, sender),
+                policy.history_size or notifier_settings.HISTORY_SIZE,
+                policy.history_ttl_secs or notifier_settings.HISTORY_TTL_SECS,
+            )
+        )
+    layer = get_channel_layer()
+    try:
+        stored = await get_history().append(items)
+        for channel, record in zip(targets, stored, strict=True):
+            await layer.group_send(
+                group_of(channel),
+                {
+                    "type": HUB_EVENT,
+                    "channel": channel,
+                    "offset": record.position.offset,
+                    "epoch": record.position.epoch,
+                    "frame": record.frame,
+                },
+            )
+    except (RedisError, OSError) as exc:
+        logger.warning("publish failed: %s: %s", type(exc).__name__, exc)
+        raise Unavailable("Redis is unavailable; the event was not published") from exc
+    return PublishResult(event_id, {c: r.position for c, r in zip(targets, stored, strict=True)})
+
+
+def publish(channels: Sequence[str], event: str, data: Any = None, *, sender: str | None = None) -> PublishResult:
+    """Sync `apublish` for views, tasks and scripts."""
+    return run_sync(apublish, channels, event, data, sender=sender)

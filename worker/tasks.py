@@ -1,0 +1,43 @@
+"""Celery tasks: `notifier.notify` takes exactly the `POST /api/notify` body as kwargs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task, shared_task
+from rest_framework.exceptions import ValidationError
+
+from api.serializers import NotifyRequestSerializer
+from realtime.publish import PublishError, Unavailable, publish
+
+logger = logging.getLogger(__name__)
+
+
+class InvalidNotification(Exception):
+    """The task's kwargs were refused; retrying cannot help."""
+
+
+@shared_task(
+    bind=True,
+    name="notifier.notify",
+    autoretry_for=(Unavailable,),
+    retry_backoff=1,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=10,
+)
+def notify(self: Task, **body: Any) -> dict[str, Any]:
+    """Publish one event; returns the notify answer (id and per-channel offset/epoch)."""
+    serializer = NotifyRequestSerializer(data=body)
+    try:
+        serializer.is_valid(raise_exception=True)
+    except ValidationError as exc:
+        raise InvalidNotification(str(exc.detail)) from None
+    attrs = serializer.validated_data
+    try:
+        return publish(attrs["targets"], attrs["event"], attrs.get("data")).as_dict()
+    except Unavailable:
+        raise
+    except PublishError as exc:
+        raise InvalidNotification(f"{exc.code}: {exc.message}") from None
