@@ -50,8 +50,10 @@ def from_publish_error(exc: PublishError) -> exceptions.APIException:
         "payload_too_large": PayloadTooLarge,
         "unavailable": ServiceUnavailable,
     }.get(exc.code, exceptions.ValidationError)
-    error = cls(exc.message) if cls is not exceptions.ValidationError else exceptions.ValidationError(
-        {"non_field_errors": [exc.message]}
+    error = (
+        cls(exc.message)
+        if cls is not exceptions.ValidationError
+        else exceptions.ValidationError({"non_field_errors": [exc.message]})
     )
     error.notifier_details = exc.details  # type: ignore[attr-defined]
     return error

@@ -61,7 +61,7 @@ class NotifyRequestSerializer(serializers.Serializer):
     user = UserIdField(required=False)
     users = serializers.ListField(child=UserIdField(), required=False, allow_empty=False)
     event = StrictCharField(max_length=128)
-    data = serializers.JSONField(required=False, allow_null=True, default=None)
+    data = serializers.JSONField(required=False, allow_null=True, default=None)  # type: ignore[assignment]
     idempotency_key = StrictCharField(required=False, max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
 
     def to_internal_value(self, data: Any) -> Any:

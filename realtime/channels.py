@@ -58,8 +58,7 @@ def validate_channel(channel: Any) -> str:
         raise InvalidChannel(f"channel is longer than {MAX_CHANNEL_LENGTH} characters")
     if not CHANNEL_RE.match(channel):
         raise InvalidChannel(
-            "channel may contain only ASCII letters, digits and _ . - @ = , "
-            "with an optional 'namespace:' prefix"
+            "channel may contain only ASCII letters, digits and _ . - @ = , with an optional 'namespace:' prefix"
         )
     return channel
 

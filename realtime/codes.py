@@ -42,9 +42,7 @@ class CloseCode(IntEnum):
     TOO_MANY_CONNECTIONS = 4503
 
 
-TRANSIENT_CLOSE_CODES: frozenset[int] = frozenset(
-    {1001, 1006, 1011, 1012, 1013, 4000, 4001, 4002, 4003}
-)
+TRANSIENT_CLOSE_CODES: frozenset[int] = frozenset({1001, 1006, 1011, 1012, 1013, 4000, 4001, 4002, 4003})
 
 
 def is_terminal(code: int) -> bool:

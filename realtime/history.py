@@ -12,7 +12,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -58,6 +58,8 @@ class History(Protocol):
     async def append(self, items: Sequence[Append]) -> list[Stored]: ...
 
     async def read(self, channel: str, after: int, limit: int) -> Slice: ...
+
+    async def positions(self, channels: Sequence[str]) -> list[Position]: ...
 
 
 def new_epoch() -> str:
@@ -127,6 +129,14 @@ class RedisHistory:
         frames = [(int(_text(entry_id).split("-", 1)[0]), _text(fields[b"f"])) for entry_id, fields in entries]
         return Slice(Position(latest, _text(epoch)), frames, _complete(after, latest, frames))
 
+    async def positions(self, channels: Sequence[str]) -> list[Position]:
+        """The latest position of each channel, in one round trip."""
+        async with get_redis().pipeline(transaction=False) as pipe:
+            for channel in channels:
+                pipe.hmget(self._keys(channel)[0], "epoch", "offset")
+            rows = await pipe.execute()
+        return [Position(int(offset), _text(epoch)) if epoch else Position(0, "") for epoch, offset in rows]
+
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
@@ -143,9 +153,9 @@ class _MemoryLog:
 class MemoryHistory:
     """History in process memory, for the embedded single-process mode."""
 
-    def __init__(self, clock: type[time.monotonic] | None = None) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._logs: dict[str, _MemoryLog] = {}
-        self.clock = clock or time.monotonic
+        self.clock = clock
 
     def _live_log(self, channel: str) -> _MemoryLog | None:
         log = self._logs.get(channel)
@@ -178,6 +188,10 @@ class MemoryHistory:
             return Slice(Position(0, ""), [], complete=after <= 0)
         frames = [(offset, frame) for offset, frame in log.frames if offset > after][:limit]
         return Slice(Position(log.offset, log.epoch), frames, _complete(after, log.offset, frames))
+
+    async def positions(self, channels: Sequence[str]) -> list[Position]:
+        logs = [self._live_log(channel) for channel in channels]
+        return [Position(log.offset, log.epoch) if log else Position(0, "") for log in logs]
 
 
 _memory_history = MemoryHistory()

@@ -187,8 +187,12 @@ class Hub:
         if state.subscribers or state.pending or self._channels.get(channel) is not state:
             return
         del self._channels[channel]
-        if state.joined is not None and state.joined.done() and not state.joined.cancelled() \
-                and state.joined.exception() is None:
+        if (
+            state.joined is not None
+            and state.joined.done()
+            and not state.joined.cancelled()
+            and state.joined.exception() is None
+        ):
             try:
                 assert self._layer_channel is not None
                 await self.layer.group_discard(group_of(channel), self._layer_channel)
@@ -272,25 +276,40 @@ class Hub:
         self.stats.delivered += len(state.subscribers)
 
     async def _position_loop(self) -> None:
-        """Catch events whose live message was lost and that no later event revealed."""
         while True:
             await asyncio.sleep(POSITION_CHECK_SECS)
-            for channel, state in list(self._channels.items()):
-                if state.last is None:
+            try:
+                await self.check_positions()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Redis down: try again next round
+                logger.warning("position check failed: %s", exc)
+
+    async def check_positions(self) -> None:
+        """Deliver events whose live message was lost and that no later event revealed.
+
+        One round trip reads every joined channel's latest position; only channels that are
+        behind (or whose history restarted under a new epoch) read history.
+        """
+        channels = [channel for channel, state in self._channels.items() if state.last is not None]
+        if not channels:
+            return
+        positions = await self.history.positions(channels)
+        for channel, position in zip(channels, positions, strict=True):
+            state = self._channels.get(channel)
+            if state is None or state.last is None or position.offset == 0:
+                continue
+            if position.epoch == state.epoch and position.offset <= state.last:
+                continue
+            async with state.lock:
+                if state.epoch != position.epoch:
+                    state.last, state.epoch = 0, position.epoch  # history restarted at offset 1
+                read = await self.history.read(channel, after=state.last, limit=HISTORY_READ_LIMIT)
+                if read.position.epoch != state.epoch:
                     continue
-                try:
-                    async with state.lock:
-                        read = await self.history.read(channel, after=state.last, limit=HISTORY_READ_LIMIT)
-                        if read.position.epoch != state.epoch:
-                            continue  # the next live event re-aligns the epoch
-                        if read.frames:
-                            self.stats.position_fills += 1
-                        for offset, frame in read.frames:
-                            self._fan_out(state, offset, frame)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # noqa: BLE001
-                    logger.warning("position check for %s failed: %s", channel, exc)
+                self.stats.position_fills += bool(read.frames)
+                for offset, frame in read.frames:
+                    self._fan_out(state, offset, frame)
 
     async def _heartbeat_loop(self) -> None:
         while True:

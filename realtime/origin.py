@@ -40,7 +40,10 @@ class OriginMiddleware:
             origin = _header(scope, b"origin")
             host = _header(scope, b"host")
             if not origin_allowed(origin, host, list(notifier_settings.ALLOWED_ORIGINS)):
-                await receive()  # the websocket.connect message
-                await send({"type": "websocket.close", "code": CloseCode.FORBIDDEN})
+                # Accept, then close with the terminal 4501: a refused handshake (HTTP 403) looks
+                # like a network failure (1006) to a browser, which would reconnect forever.
+                await receive()  # websocket.connect
+                await send({"type": "websocket.accept"})
+                await send({"type": "websocket.close", "code": int(CloseCode.FORBIDDEN)})
                 return None
         return await self.app(scope, receive, send)

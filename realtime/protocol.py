@@ -7,6 +7,7 @@ code, so the consumer stays thin and every rule is testable without a socket.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,7 +104,9 @@ def _ref(body: dict[str, Any]) -> Any:
     if ref is None:
         return None
     if isinstance(ref, bool) or not isinstance(ref, (int, str)) or len(str(ref)) > MAX_REF_LENGTH:
-        raise ProtocolError(ErrorCode.BAD_FRAME, f"ref must be a string or integer of at most {MAX_REF_LENGTH} characters")
+        raise ProtocolError(
+            ErrorCode.BAD_FRAME, f"ref must be a string or integer of at most {MAX_REF_LENGTH} characters"
+        )
     return ref
 
 
@@ -157,7 +160,7 @@ def _publish(body: dict[str, Any], ref: Any) -> Publish:
     return Publish(_channel(body), event, body.get("data"), ref)
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[dict[str, Any], Any], ClientFrame]] = {
     "subscribe": _subscribe,
     "unsubscribe": _unsubscribe,
     "ping": lambda body, ref: Ping(ref),

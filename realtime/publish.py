@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from channels.layers import get_channel_layer
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from .bridge import run_sync
@@ -88,9 +89,7 @@ def encode_data(data: Any) -> str:
     size = len(encoded.encode())
     limit = notifier_settings.MAX_PAYLOAD_BYTES
     if size > limit:
-        raise PayloadTooLarge(
-            f"data is {size} bytes encoded; the limit is {limit}", {"size": size, "limit": limit}
-        )
+        raise PayloadTooLarge(f"data is {size} bytes encoded; the limit is {limit}", {"size": size, "limit": limit})
     return encoded
 
 
@@ -124,16 +123,18 @@ async def apublish(
     try:
         stored = await get_history().append(items)
         for channel, record in zip(targets, stored, strict=True):
-            await layer.group_send(
-                group_of(channel),
-                {
-                    "type": HUB_EVENT,
-                    "channel": channel,
-                    "offset": record.position.offset,
-                    "epoch": record.position.epoch,
-                    "frame": record.frame,
-                },
-            )
+            message = {
+                "type": HUB_EVENT,
+                "channel": channel,
+                "offset": record.position.offset,
+                "epoch": record.position.epoch,
+                "frame": record.frame,
+            }
+            try:
+                await layer.group_send(group_of(channel), message)
+            except RedisConnectionError:
+                # A connection left stale by a Redis restart fails once, then reconnects.
+                await layer.group_send(group_of(channel), message)
     except (RedisError, OSError) as exc:
         logger.warning("publish failed: %s: %s", type(exc).__name__, exc)
         raise Unavailable("Redis is unavailable; the event was not published") from exc

@@ -13,9 +13,7 @@ from redis import asyncio as aioredis
 
 from .conf import notifier_settings
 
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
-    weakref.WeakKeyDictionary()
-)
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = weakref.WeakKeyDictionary()
 
 
 def get_redis() -> aioredis.Redis:

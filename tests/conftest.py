@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .support import RedisServer, manage, service_env
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("notifier")
+
+
+@pytest.fixture(scope="session")
+def redis_server(workdir: Path) -> Iterator[RedisServer]:
+    """A real Redis the test session starts itself (never the machine's shared one)."""
+    server = RedisServer(workdir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def service_db(workdir: Path) -> Path:
+    """A migrated SQLite database shared by the server processes of this session."""
+    db = workdir / "service.sqlite3"
+    manage(service_env(None, db), "migrate", "--verbosity", "0")
+    return db
+
+
+@pytest.fixture(scope="session")
+def api_key(service_db: Path) -> str:
+    out = manage(service_env(None, service_db), "create_api_key", "integration-tests")
+    return out.strip().splitlines()[-1]

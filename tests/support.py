@@ -1,0 +1,245 @@
+"""Real components for integration tests: a Redis server, Daphne processes, a Celery worker.
+
+Each helper starts a real process on a free port and fails loudly (never skips) when it
+cannot, saying how to fix it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+START_TIMEOUT_SECS = 30
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Any, timeout: float = START_TIMEOUT_SECS, interval: float = 0.05, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+class RedisServer:
+    """A private redis-server on a free port; stop() and start() keep the port."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail(
+                "redis-server is not installed. Install it (Debian: `apt-get install redis-server`) "
+                "or run `bash .ci/run`, which installs what a fresh machine lacks.",
+                pytrace=False,
+            )
+        self.binary = binary
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=5)
+
+    def start(self) -> None:
+        log_path = self.workdir / f"redis-{self.port}.log"
+        with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [
+                    self.binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--maxmemory-policy",
+                    "noeviction",
+                    "--dir",
+                    str(self.workdir),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+        def up() -> bool:
+            try:
+                return bool(self.client().ping())
+            except redis.RedisError:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    pytest.fail(f"redis-server exited with {self.proc.returncode}; see {log_path}", pytrace=False)
+                return False
+
+        wait_until(up, what=f"redis-server on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+class Process:
+    """A child process with its output in a log file, stopped on exit."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        if self.alive():
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.proc.wait()
+
+
+def service_env(redis_url: str | None, db_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "DATABASE_", "NOTIFIER_", "DJANGO_"))}
+    env.update(
+        DJANGO_SETTINGS_MODULE="notifier.settings",
+        DJANGO_SECRET_KEY="test-secret-key-for-integration-tests-only",
+        DATABASE_URL=f"sqlite:///{db_path}",
+        PYTHONUNBUFFERED="1",
+    )
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    env.update(extra)
+    return env
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+class Server(Process):
+    """A Daphne process serving notifier.asgi:application."""
+
+    def __init__(self, env: dict[str, str], workdir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        super().__init__(
+            f"daphne:{self.port}",
+            [str(VENV_BIN / "daphne"), "-b", "127.0.0.1", "-p", str(self.port), "notifier.asgi:application"],
+            env,
+            workdir / f"daphne-{self.port}.log",
+        )
+        wait_until(self.healthy, what=f"daphne on port {self.port} (log: {self.log_path})")
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/"
+
+    def healthy(self) -> bool:
+        if not self.alive():
+            raise AssertionError(f"{self.name} exited:\n{self.log()}")
+        try:
+            with urllib.request.urlopen(f"{self.http}/healthz", timeout=2) as response:  # noqa: S310
+                return bool(response.status == 200)
+        except (OSError, urllib.error.URLError):
+            return False
+
+
+class Worker(Process):
+    """A Celery worker process."""
+
+    def __init__(self, env: dict[str, str], workdir: Path, concurrency: int = 2) -> None:
+        super().__init__(
+            "celery",
+            [
+                str(VENV_BIN / "celery"),
+                "-A",
+                "notifier",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                str(concurrency),
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            env,
+            workdir / f"celery-{free_port()}.log",
+        )
+        wait_until(lambda: "ready." in self.log() or not self.alive(), what=f"celery worker ({self.log_path})")
+        if not self.alive():
+            raise AssertionError(f"celery worker exited:\n{self.log()}")
+
+
+def post_json(
+    url: str, body: Any, key: str | None = None, raw: bytes | None = None, timeout: float = 10
+) -> tuple[int, Any]:
+    """POST and return (status, decoded JSON body)."""
+    data = raw if raw is not None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
+    if key is not None:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@contextmanager
+def processes(*procs: Process) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.stop()

@@ -1,0 +1,299 @@
+"""End to end through real processes: Redis, two Daphne servers, WebSocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .support import ROOT, RedisServer, Server, manage, post_json, service_env, wait_until
+from .wsclient import Client
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def servers(redis_server: RedisServer, service_db: Path, workdir: Path) -> Iterator[tuple[Server, Server]]:
+    env = service_env(redis_server.url, service_db)
+    first, second = Server(env, workdir), Server(env, workdir)
+    yield first, second
+    first.stop()
+    second.stop()
+
+
+def channel_name() -> str:
+    return f"test.{uuid.uuid4().hex[:12]}"
+
+
+def notify(server: Server, key: str, body: dict) -> dict:
+    status, answer = post_json(f"{server.http}/api/notify", body, key)
+    assert status == 202, answer
+    return answer
+
+
+async def test_post_reaches_every_subscriber_and_no_one_else(servers: tuple[Server, Server], api_key: str) -> None:
+    server = servers[0]
+    news, other = channel_name(), channel_name()
+    subscribers = [await Client.connect(server.ws) for _ in range(3)]
+    outsider = await Client.connect(server.ws)
+    for client in subscribers:
+        await client.subscribe(news)
+    await outsider.subscribe(other)
+
+    answer = notify(server, api_key, {"channel": news, "event": "order.shipped", "data": {"order": 7}})
+    assert answer["channels"][news]["offset"] == 1
+
+    for client in subscribers:
+        (event,) = await client.events(1)
+        assert event["channel"] == news and event["offset"] == 1
+        assert event["id"] == answer["id"] and event["event"] == "order.shipped" and event["data"] == {"order": 7}
+    # The outsider's first event is its own channel's: it never saw the other one.
+    notify(server, api_key, {"channel": other, "event": "x"})
+    (event,) = await outsider.events(1)
+    assert event["channel"] == other
+    for client in [*subscribers, outsider]:
+        await client.close()
+
+
+async def test_publish_through_either_process_reaches_subscribers_on_both(
+    servers: tuple[Server, Server], api_key: str
+) -> None:
+    channel = channel_name()
+    clients = [await Client.connect(server.ws) for server in servers for _ in range(2)]
+    for client in clients:
+        await client.subscribe(channel)
+    notify(servers[0], api_key, {"channel": channel, "event": "one"})
+    notify(servers[1], api_key, {"channels": [channel], "event": "two"})
+    for client in clients:
+        events = await client.events(2)
+        assert [(e["offset"], e["event"]) for e in events] == [(1, "one"), (2, "two")]
+        await client.close()
+
+
+async def test_user_and_multi_channel_targets(servers: tuple[Server, Server], api_key: str) -> None:
+    a, b = channel_name(), channel_name()
+    client = await Client.connect(servers[1].ws)
+    await client.subscribe(a)
+    await client.subscribe(b)
+    answer = notify(servers[0], api_key, {"channels": [a, b], "user": "42", "event": "fan"})
+    assert set(answer["channels"]) == {a, b, "user:42"}
+    events = await client.events(2)
+    assert sorted(e["channel"] for e in events) == sorted([a, b])
+    assert len({e["id"] for e in events}) == 1
+    await client.close()
+
+
+HTTP_BAD_INPUT = [
+    # (raw body, status, code)
+    (b"{not json", 400, "invalid_json"),
+    (b"[1, 2]", 400, "invalid"),
+    (b'{"channel": "news"}', 400, "invalid"),
+    (b'{"event": "x"}', 400, "invalid"),
+    (b'{"channel": 5, "event": "x"}', 400, "invalid"),
+    (b'{"channel": "news", "event": 5}', 400, "invalid"),
+    (b'{"channel": "bad name!", "event": "x"}', 400, "invalid"),
+    (b'{"channel": "nope:x", "event": "x"}', 400, "invalid"),
+    (b'{"channels": [], "event": "x"}', 400, "invalid"),
+    (b'{"channels": "news", "event": "x"}', 400, "invalid"),
+    (b'{"channel": "news", "event": "x", "surprise": 1}', 400, "invalid"),
+    (b'{"user": "4 2", "event": "x"}', 400, "invalid"),
+    (b'{"channel": "news", "event": "x", "data": "' + b"a" * (70 * 1024) + b'"}', 413, "payload_too_large"),
+]
+
+
+async def test_bad_http_input_gets_documented_errors_and_others_keep_receiving(
+    servers: tuple[Server, Server], api_key: str
+) -> None:
+    server = servers[0]
+    channel = channel_name()
+    watcher = await Client.connect(server.ws)
+    await watcher.subscribe(channel)
+    for raw, status, code in HTTP_BAD_INPUT:
+        got_status, body = post_json(f"{server.http}/api/notify", None, api_key, raw=raw)
+        assert (got_status, body["code"]) == (status, code), (raw[:60], body)
+        assert set(body) == {"code", "message", "details"} and body["message"]
+    assert await watcher.nothing_within(0.3)
+    notify(server, api_key, {"channel": channel, "event": "still-here"})
+    (event,) = await watcher.events(1)
+    assert event["event"] == "still-here" and event["offset"] == 1
+    await watcher.close()
+
+
+async def test_api_keys_missing_unknown_and_revoked(servers: tuple[Server, Server], service_db: Path) -> None:
+    url = f"{servers[0].http}/api/notify"
+    body = {"channel": "news", "event": "x"}
+    assert post_json(url, body)[1]["code"] == "missing_api_key"
+    assert post_json(url, body, "nk_not-a-real-key") == (401, post_json(url, body, "nk_not-a-real-key")[1])
+    assert post_json(url, body, "nk_not-a-real-key")[1]["code"] == "invalid_api_key"
+    status, answer = post_json(url, None, raw=b"{}", key=None)
+    assert status == 401
+
+    env = service_env(None, service_db)
+    key = manage(env, "create_api_key", "to-revoke").strip().splitlines()[-1]
+    assert post_json(url, body, key)[0] == 202
+    revoke = "from api.models import ApiKey; [k.revoke() for k in ApiKey.objects.filter(name='to-revoke')]"
+    manage(env, "shell", "-c", revoke)
+    status, answer = post_json(url, body, key)
+    assert (status, answer["code"]) == (401, "invalid_api_key")
+
+
+WS_GARBAGE = [
+    # (frame, expected error code)
+    ("not json", "bad_frame"),
+    (b"\x00\x01binary", "bad_frame"),
+    ("[1,2,3]", "bad_frame"),
+    ('"just a string"', "bad_frame"),
+    ('{"op": "dance"}', "unknown_op"),
+    ('{"no_op": true}', "unknown_op"),
+    ('{"op": 7}', "unknown_op"),
+    ('{"op": "subscribe"}', "bad_channel"),
+    ('{"op": "subscribe", "channel": 12}', "bad_channel"),
+    ('{"op": "subscribe", "channel": "has space"}', "bad_channel"),
+    ('{"op": "subscribe", "channel": "nope:ns"}', "unknown_channel"),
+    ('{"op": "subscribe", "channel": "private:x"}', "forbidden"),
+    ('{"op": "subscribe", "channel": "user:42"}', "forbidden"),
+    ('{"op": "subscribe", "channel": "news", "since": 5}', "bad_frame"),
+    ('{"op": "subscribe", "channel": "news", "since": {"offset": -1}}', "bad_frame"),
+    ('{"op": "unsubscribe", "channel": "never"}', "not_subscribed"),
+    ('{"op": "publish", "channel": "news", "event": "x"}', "forbidden"),
+    ('{"op": "ping", "ref": {"a": 1}}', "bad_frame"),
+    ('{"op": "subscribe", "channel": "' + "x" * 70_000 + '"}', "frame_too_large"),
+]
+
+
+async def test_garbage_frames_get_error_frames_and_the_socket_stays_usable(
+    servers: tuple[Server, Server], api_key: str
+) -> None:
+    server = servers[0]
+    channel = channel_name()
+    victim, bystander = await Client.connect(server.ws), await Client.connect(server.ws)
+    await victim.subscribe(channel)
+    await bystander.subscribe(channel)
+    for frame, code in WS_GARBAGE:
+        reply = await victim.request(frame)
+        assert reply["type"] == "error" and reply["code"] == code, (frame[:60], reply)
+    assert (await victim.request({"op": "ping", "ref": "r1"})) == {"type": "pong", "ref": "r1"}
+    dup = await victim.request({"op": "subscribe", "channel": channel, "ref": 9})
+    assert (dup["code"], dup["ref"]) == ("already_subscribed", 9)
+    notify(server, api_key, {"channel": channel, "event": "after-garbage"})
+    for client in (victim, bystander):
+        (event,) = await client.events(1)
+        assert event["event"] == "after-garbage"
+        await client.close()
+
+
+async def test_unsubscribe_stops_delivery(servers: tuple[Server, Server], api_key: str) -> None:
+    channel = channel_name()
+    client = await Client.connect(servers[0].ws)
+    await client.subscribe(channel)
+    reply = await client.request({"op": "unsubscribe", "channel": channel, "ref": 3})
+    assert reply == {"type": "unsubscribed", "channel": channel, "ref": 3}
+    notify(servers[1], api_key, {"channel": channel, "event": "x"})
+    assert await client.nothing_within(0.5)
+    await client.close()
+
+
+async def test_origin_validation(servers: tuple[Server, Server]) -> None:
+    server = servers[0]
+    same_host = await Client.connect(server.ws, origin=f"http://127.0.0.1:{server.port}")
+    await same_host.close()
+    no_origin = await Client.connect(server.ws)
+    await no_origin.close()
+    import websockets
+
+    with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+        await Client.connect(server.ws, origin="http://evil.example")
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4501
+
+
+async def test_redis_outage_answers_503_then_recovers(
+    service_db: Path, workdir: Path, api_key: str, tmp_path: Path
+) -> None:
+    redis_server = RedisServer(tmp_path)
+    server = Server(service_env(redis_server.url, service_db), workdir)
+    try:
+        channel = channel_name()
+        client = await Client.connect(server.ws)
+        await client.subscribe(channel)
+        notify(server, api_key, {"channel": channel, "event": "before"})
+        assert (await client.events(1))[0]["event"] == "before"
+
+        redis_server.stop()
+        status, body = post_json(f"{server.http}/api/notify", {"channel": channel, "event": "during"}, api_key)
+        assert (status, body["code"]) == (503, "unavailable"), body
+        status, body = post_json(
+            f"{server.http}/api/notify/batch", {"events": [{"channel": channel, "event": "during"}]}, api_key
+        )
+        assert (status, body["code"]) == (503, "unavailable"), body
+
+        redis_server.start()
+        accepted: list[dict] = []
+
+        def publish_again() -> bool:
+            status, body = post_json(f"{server.http}/api/notify", {"channel": channel, "event": "after"}, api_key)
+            if status == 202:
+                accepted.append(body)
+            return status == 202
+
+        await asyncio.to_thread(wait_until, publish_again, 30, 0.5, "the API to recover")
+        # The subscriber from before the outage receives what was published after it, in order,
+        # up to the acknowledged event (a refused attempt may have been stored, and is delivered).
+        received = []
+        while not received or received[-1]["id"] != accepted[0]["id"]:
+            received.extend(await client.events(1, timeout=15))
+        assert [e["event"] for e in received] == ["after"] * len(received)
+        assert [e["offset"] for e in received] == list(range(1, len(received) + 1))
+        await client.close()
+    finally:
+        server.stop()
+        redis_server.stop()
+
+
+def test_batch_answers_in_request_order(servers: tuple[Server, Server], api_key: str) -> None:
+    channel = channel_name()
+    body = {
+        "events": [
+            {"channel": channel, "event": "a"},
+            {"channel": "bad name", "event": "b"},
+            {"channel": channel, "event": "c", "data": "x" * (70 * 1024)},
+            {"channel": channel, "event": "d"},
+        ]
+    }
+    status, answer = post_json(f"{servers[0].http}/api/notify/batch", body, api_key)
+    assert status == 202, answer
+    first, bad, large, last = answer["results"]
+    assert first["channels"][channel]["offset"] == 1 and last["channels"][channel]["offset"] == 2
+    assert bad["error"]["code"] == "invalid" and large["error"]["code"] == "payload_too_large"
+    too_many = {"events": [{"channel": channel, "event": "x"}] * 101}
+    status, answer = post_json(f"{servers[0].http}/api/notify/batch", too_many, api_key)
+    assert (status, answer["code"]) == (400, "invalid")
+
+
+def test_history_pages_through_a_channel(servers: tuple[Server, Server], api_key: str) -> None:
+    import json
+    import urllib.request
+
+    channel = channel_name()
+    for n in range(5):
+        notify(servers[n % 2], api_key, {"channel": channel, "event": f"e{n}"})
+    request = urllib.request.Request(
+        f"{servers[1].http}/api/channels/{channel}/history?since=1&limit=3",
+        headers={"Authorization": f"Bearer {api_key}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        page = json.loads(response.read())
+    assert page["offset"] == 5 and page["complete"] is True
+    assert [e["offset"] for e in page["events"]] == [2, 3, 4]
+    assert [e["event"] for e in page["events"]] == ["e1", "e2", "e3"]
+
+
+def test_runs_from_a_separate_python_without_our_code() -> None:
+    """Guard for the Celery contract test below: celery is importable without Django settings."""
+    result = subprocess.run([sys.executable, "-c", "import celery"], cwd="/", capture_output=True, timeout=60)
+    assert result.returncode == 0
+    assert ROOT.exists()

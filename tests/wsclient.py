@@ -1,0 +1,59 @@
+"""A small test client over the `websockets` library, speaking notifier's protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import websockets
+
+RECV_TIMEOUT_SECS = 10
+
+
+class Client:
+    def __init__(self, ws: websockets.ClientConnection) -> None:
+        self.ws = ws
+        self.hello: dict[str, Any] = {}
+
+    @classmethod
+    async def connect(cls, url: str, **kwargs: Any) -> Client:
+        client = cls(await websockets.connect(url, **kwargs))
+        client.hello = await client.recv()
+        assert client.hello["type"] == "hello", client.hello
+        return client
+
+    async def send(self, frame: Any) -> None:
+        await self.ws.send(frame if isinstance(frame, (str, bytes)) else json.dumps(frame))
+
+    async def recv(self, timeout: float = RECV_TIMEOUT_SECS) -> dict[str, Any]:
+        """The next frame other than a server ping."""
+        while True:
+            frame = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+            if frame.get("type") != "ping":
+                return frame
+
+    async def request(self, frame: dict[str, Any]) -> dict[str, Any]:
+        await self.send(frame)
+        return await self.recv()
+
+    async def subscribe(self, channel: str, **fields: Any) -> dict[str, Any]:
+        reply = await self.request({"op": "subscribe", "channel": channel, **fields})
+        assert reply["type"] == "subscribed", reply
+        return reply
+
+    async def events(self, count: int, timeout: float = RECV_TIMEOUT_SECS) -> list[dict[str, Any]]:
+        frames = [await self.recv(timeout) for _ in range(count)]
+        assert all(f["type"] == "event" for f in frames), frames
+        return frames
+
+    async def nothing_within(self, seconds: float) -> bool:
+        """True if no frame (other than pings) arrives within `seconds`."""
+        try:
+            frame = await self.recv(timeout=seconds)
+        except TimeoutError:
+            return True
+        raise AssertionError(f"unexpected frame {frame}")
+
+    async def close(self) -> None:
+        await self.ws.close()
