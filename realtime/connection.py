@@ -65,8 +65,12 @@ class Connection:
         self.closed = True
         self._close_code = code
         if code == CloseCode.TOO_SLOW:
+            # Drop the backlog, and stop waiting on a send the client is not reading.
             self._outbox.clear()
             self._outbox_bytes = 0
+            if self._writer is not None:
+                self._writer.cancel()
+                self._writer = None
         self._ensure_writer()
 
     def _ensure_writer(self) -> None:
@@ -88,9 +92,10 @@ class Connection:
             self.closed = True
             self._outbox.clear()
         finally:
-            self._writer = None
-            if self._outbox and not self.closed:
-                self._ensure_writer()
+            if self._writer is asyncio.current_task():
+                self._writer = None
+                if self._outbox and not self.closed:
+                    self._ensure_writer()
 
     def discard(self) -> None:
         """The socket is gone: drop pending frames and stop writing."""

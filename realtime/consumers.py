@@ -124,8 +124,6 @@ class NotifierConsumer(AsyncWebsocketConsumer):
                     recovered=sub.recovered,
                 )
             )
-            for replayed in sub.replay:
-                self.conn.deliver(replayed)
 
         try:
             await self.hub.subscribe(frame.channel, self.conn, frame.since, announce)

@@ -99,7 +99,7 @@ class Hub:
         The group is joined before history is read, and the socket is added in the same step
         as the hub's position is compared with what history returned, so every offset after
         the socket's starting point is delivered exactly once, by replay or live. `announce` is
-        called at that moment, before any live event can reach the socket.
+        called at that moment, before the replayed events and any live one reach the socket.
         """
         await self._ensure_started()
         state = self._channels.setdefault(channel, _Channel())
@@ -114,6 +114,8 @@ class Hub:
                     conn.subscriptions.discard(channel)
                 else:
                     announce(result)
+                    for frame in result.replay:
+                        conn.deliver(frame)
                     state.subscribers.add(conn)
             return result
         except BaseException:

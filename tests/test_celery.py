@@ -1,0 +1,89 @@
+"""The Celery contract through real processes: a worker, and a sender that does not import our code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .support import RedisServer, Server, Worker, service_env
+from .wsclient import Client
+
+pytestmark = pytest.mark.integration
+
+TASKS = 1000
+
+# Runs in a separate interpreter from "/", with only celery importable: a foreign service.
+SENDER = """
+import json, sys
+from celery import Celery
+app = Celery(broker=sys.argv[1])
+channel, first, count = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+for n in range(first, first + count):
+    app.send_task("notifier.notify", kwargs={"channel": channel, "event": "task", "data": {"n": n}})
+print(json.dumps({"sent": count}))
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server: RedisServer, service_db: Path, workdir: Path) -> Iterator[tuple[Server, Worker]]:
+    env = service_env(redis_server.url, service_db)
+    server, worker = Server(env, workdir), Worker(env, workdir)
+    yield server, worker
+    worker.stop()
+    server.stop()
+
+
+def send_tasks(broker: str, channel: str, first: int, count: int) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", SENDER, broker, channel, str(first), str(count)],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"sent": count}
+
+
+async def test_task_sent_by_name_is_delivered(stack: tuple[Server, Worker], redis_server: RedisServer) -> None:
+    server, _ = stack
+    channel = f"celery.{uuid.uuid4().hex[:8]}"
+    client = await Client.connect(server.ws)
+    await client.subscribe(channel)
+    send_tasks(redis_server.url, channel, 0, 3)
+    events = await client.events(3, timeout=30)
+    # Two worker processes may finish in any order; offsets are still 1..3 with no gap.
+    assert sorted(e["data"]["n"] for e in events) == [0, 1, 2]
+    assert [e["offset"] for e in events] == [1, 2, 3]
+    await client.close()
+
+
+async def test_redis_clients_stay_flat_over_a_thousand_tasks(
+    stack: tuple[Server, Worker], redis_server: RedisServer
+) -> None:
+    server, worker = stack
+    channel = f"celery.{uuid.uuid4().hex[:8]}"
+    client = await Client.connect(server.ws)
+    await client.subscribe(channel)
+    redis = redis_server.client()
+
+    send_tasks(redis_server.url, channel, 0, 50)  # warm up: every worker process has connected
+    await client.events(50, timeout=60)
+    before = len(redis.client_list())
+
+    send_tasks(redis_server.url, channel, 50, TASKS)
+    events = await client.events(TASKS, timeout=120)
+    after = len(redis.client_list())
+
+    assert sorted(e["data"]["n"] for e in events) == list(range(50, 50 + TASKS))
+    assert [e["offset"] for e in events] == list(range(51, 51 + TASKS))
+    print(f"redis clients: {before} before, {after} after {TASKS} tasks")
+    assert after <= before, f"Redis client count grew from {before} to {after} over {TASKS} tasks"
+    assert "Task notifier.notify" in worker.log()
+    await client.close()

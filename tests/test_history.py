@@ -1,0 +1,111 @@
+"""History backends: the in-process one and Redis (a real server the session starts)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from realtime.events import event_template
+from realtime.history import Append, History, MemoryHistory, RedisHistory
+
+from .support import RedisServer
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def redis_settings(settings: object, redis_server: RedisServer) -> Iterator[RedisServer]:
+    settings.NOTIFIER = {**settings.NOTIFIER, "REDIS_URL": redis_server.url}  # type: ignore[attr-defined]
+    yield redis_server
+
+
+@pytest.fixture(params=["memory", "redis"])
+def history(request: pytest.FixtureRequest) -> History:
+    if request.param == "memory":
+        return MemoryHistory()
+    request.getfixturevalue("redis_settings")
+    return RedisHistory(f"test{uuid.uuid4().hex[:6]}")
+
+
+def item(channel: str, n: int, size: int = 100, ttl: int = 60) -> Append:
+    return Append(channel, event_template(channel, f"id{n}", "e", str(n), 1.0), size, ttl)
+
+
+async def test_offsets_start_at_one_and_frames_carry_them(history: History) -> None:
+    stored = await history.append([item("a", 1), item("b", 1), item("a", 2)])
+    assert [(s.position.offset) for s in stored] == [1, 1, 2]
+    assert stored[0].position.epoch == stored[2].position.epoch != ""
+    assert '"offset":2,' in stored[2].frame
+    page = await history.read("a", after=0, limit=10)
+    assert [offset for offset, _ in page.frames] == [1, 2]
+    assert page.frames[1][1] == stored[2].frame
+    assert page.position == stored[2].position and page.complete
+
+
+async def test_concurrent_appends_get_unique_contiguous_offsets(history: History) -> None:
+    results = await asyncio.gather(*(history.append([item("c", n)]) for n in range(200)))
+    offsets = sorted(stored[0].position.offset for stored in results)
+    assert offsets == list(range(1, 201))
+
+
+async def test_read_after_and_limit(history: History) -> None:
+    for n in range(10):
+        await history.append([item("d", n)])
+    page = await history.read("d", after=4, limit=3)
+    assert [offset for offset, _ in page.frames] == [5, 6, 7]
+    assert page.position.offset == 10 and page.complete
+    assert (await history.read("d", after=10, limit=3)).frames == []
+
+
+async def test_trimmed_history_is_reported_incomplete(history: History) -> None:
+    for n in range(10):
+        await history.append([item("e", n, size=3)])
+    assert (await history.read("e", after=2, limit=100)).complete is False
+    page = await history.read("e", after=7, limit=100)
+    assert page.complete and [o for o, _ in page.frames] == [8, 9, 10]
+
+
+async def test_unknown_channel(history: History) -> None:
+    page = await history.read("never", after=0, limit=5)
+    assert page.position.offset == 0 and page.frames == [] and page.complete
+    assert (await history.read("never", after=3, limit=5)).complete is False
+    assert (await history.positions(["never"]))[0].offset == 0
+
+
+async def test_positions_in_one_call(history: History) -> None:
+    await history.append([item("p", 1), item("p", 2), item("q", 1)])
+    positions = await history.positions(["p", "q", "r"])
+    assert [p.offset for p in positions] == [2, 1, 0]
+
+
+async def test_memory_history_expires_with_a_new_epoch() -> None:
+    clock = FakeClock()
+    history = MemoryHistory(clock=clock)
+    first = (await history.append([item("t", 1, ttl=10)]))[0].position
+    clock.now += 11
+    again = (await history.append([item("t", 2, ttl=10)]))[0].position
+    assert again.offset == 1 and again.epoch != first.epoch
+
+
+async def test_redis_flush_starts_a_new_epoch(redis_settings: RedisServer) -> None:
+    history = RedisHistory("flush")
+    first = (await history.append([item("f", 1)]))[0].position
+    redis_settings.client().flushall()
+    again = (await history.append([item("f", 2)]))[0].position
+    assert again.offset == 1 and again.epoch != first.epoch
+
+
+async def test_redis_history_sets_ttl(redis_settings: RedisServer) -> None:
+    history = RedisHistory("ttl")
+    await history.append([item("g", 1, ttl=30)])
+    client = redis_settings.client()
+    assert 0 < client.ttl("ttl:h:g:log") <= 30 and 0 < client.ttl("ttl:h:g:meta") <= 30
