@@ -1,0 +1,50 @@
+# notifier: `make run` to try it, `make test` to run every test. See README.md.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+JS := clients/js
+
+.PHONY: install run test test-python test-js check bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 (or set PYTHON=...)"; exit 1; }
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(JS)/node_modules/.installed: $(JS)/package.json $(JS)/package-lock.json
+	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# The embedded default: SQLite, in-process channel layer and history, eager Celery tasks.
+run: install
+	$(BIN)/python manage.py migrate --verbosity 0
+	@echo "API key for this trial (kept in .dev-api-key):"
+	@$(BIN)/python manage.py dev_api_key
+	@echo "Serving on http://$(HOST):$(PORT)  (WebSocket: ws://$(HOST):$(PORT)/ws/)"
+	$(BIN)/daphne -b $(HOST) -p $(PORT) notifier.asgi:application
+
+test: test-python test-js
+
+test-python: install
+	env -u REDIS_URL -u DATABASE_URL $(BIN)/pytest
+
+test-js: $(JS)/node_modules/.installed
+	cd $(JS) && npm test
+
+check: install $(JS)/node_modules/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+	cd $(JS) && npm run typecheck
+
+bench: install
+	$(BIN)/python bench/layers.py
+
+clean:
+	rm -rf $(VENV) $(JS)/node_modules .pytest_cache .mypy_cache .ruff_cache
