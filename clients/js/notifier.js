@@ -282,6 +282,8 @@ export class NotifierClient {
     this._heartbeatMs = this._options.heartbeatTimeout ?? DEFAULT_HEARTBEAT_TIMEOUT_MS;
     /** @private */
     this._lastHeard = 0;
+    /** @private sent a ping during the current silence */
+    this._pinged = false;
     /** @private @type {ReturnType<typeof setTimeout> | null} */
     this._reconnectTimer = null;
     /** @private @type {ReturnType<typeof setTimeout> | null} */
@@ -593,24 +595,33 @@ export class NotifierClient {
   /** @private */
   _heard() {
     this._lastHeard = Date.now();
+    this._pinged = false;
   }
 
   /**
-   * One timer per connection, re-armed lazily, rather than a new timer per frame.
+   * One timer per connection, re-armed lazily, rather than a new timer per frame. After half
+   * the timeout (one server heartbeat) of silence the client pings: the `pong` proves the
+   * connection alive even when the server's own pings are late or not running.
    * @private
    */
   _armWatchdog() {
     this._clearTimer("_watchdog");
-    const wait = Math.max(1, this._lastHeard + this._heartbeatMs - Date.now());
+    const half = this._heartbeatMs / 2;
+    const due = this._lastHeard + (this._pinged ? this._heartbeatMs : half);
     this._watchdog = setTimeout(() => {
       this._watchdog = null;
       if (!this._socket) return;
-      if (Date.now() - this._lastHeard >= this._heartbeatMs) {
+      const silent = Date.now() - this._lastHeard;
+      if (silent >= this._heartbeatMs) {
         this._drop(CloseCodes.HEARTBEAT_MISSED, "heartbeat timeout");
-      } else {
-        this._armWatchdog();
+        return;
       }
-    }, wait);
+      if (silent >= half && !this._pinged && this._open) {
+        this._pinged = true;
+        this._send({ op: "ping" });
+      }
+      this._armWatchdog();
+    }, Math.max(1, due - Date.now()));
   }
 
   // -- frames ----------------------------------------------------------------------------------
@@ -744,6 +755,11 @@ export class NotifierClient {
     }
     if (code === TOKEN_EXPIRED_ERROR) {
       this._drop(CloseCodes.TOKEN_EXPIRED, message);
+      return;
+    }
+    if (ref !== undefined && ref === this._authRef) {
+      // Subscriptions that need the identity will be refused on their own; public ones go on.
+      this._emitError(new NotifierError(code, `authentication refused: ${message}`, { ref, frame }));
       return;
     }
     const entry = ref === undefined ? undefined : [...this._channels.values()].find((e) => e.ref === ref);

@@ -210,24 +210,39 @@ test("server pings are answered with pong", async (t) => {
   await until(() => server.last.frames.some((f) => f.op === "pong"));
 });
 
+// A fake that never pings and ignores the client's pings: a dead connection, as the client sees it.
+const silent = { heartbeat: 0.05, onFrame: (conn, frame) => frame.op === "ping" }; // timeout 100 ms
+
 test("silence for two heartbeat intervals (from hello) closes the socket and reconnects", async (t) => {
-  const { server, client } = await setup(t, { server: { heartbeat: 0.05 } }); // 50 ms: timeout 100 ms
+  const { server, client } = await setup(t, { server: silent });
   const got = [];
   client.subscribe("news", (event) => got.push(event.offset));
   await nextEvent(client, "subscribed");
   server.publish("news", "a", 1);
   await until(() => got.length === 1);
-  // The fake never pings: the client must give up on the silent socket and come back.
   await until(() => server.connections.length >= 2, { message: "a reconnect after the heartbeat timeout" });
   await until(() => server.connections[0].closeCode !== undefined);
   assert.equal(server.connections[0].closeCode, 4003);
+  assert.ok(server.connections[0].frames.some((f) => f.op === "ping"), "the client pinged before giving up");
   const resubscribe = await until(() => server.connections[1].frames.find((f) => f.op === "subscribe"));
   assert.deepEqual(resubscribe.since, { offset: 1, epoch: "e1" });
 });
 
 test("the heartbeatTimeout option overrides the hello's heartbeat", async (t) => {
-  const { server } = await setup(t, { client: { heartbeatTimeout: 80 } }); // hello says 25 s
+  const { server } = await setup(t, {
+    server: { onFrame: silent.onFrame }, // hello says 25 s
+    client: { heartbeatTimeout: 80 },
+  });
   await until(() => server.connections.length >= 2, { message: "a reconnect after heartbeatTimeout" });
+});
+
+test("a quiet server that answers the client's pings keeps the connection", async (t) => {
+  // The fake answers {"op":"ping"} with {"type":"pong"} but never pings on its own.
+  const { server, client } = await setup(t, { server: { heartbeat: 0.05 } });
+  await connected(client);
+  await until(() => server.last.frames.filter((f) => f.op === "ping").length >= 4, { message: "client pings" });
+  assert.equal(server.connections.length, 1);
+  assert.equal(client.state, "connected");
 });
 
 test("publish resolves on published and rejects on an error with the same ref", async (t) => {
@@ -401,4 +416,28 @@ test("pagehide closes the socket cleanly and pageshow reconnects", async (t) => 
   win.dispatchEvent(new Event("pageshow"));
   await until(() => got.length === 1);
   assert.deepEqual(got, [1]);
+});
+
+test("a refused auth (today's server: forbidden) is reported and public subscriptions go on", async (t) => {
+  const { server, client } = await setup(t, {
+    client: { token: "tok" },
+    server: {
+      onFrame: (conn, frame) => {
+        if (frame.op !== "auth") return false;
+        conn.send({ type: "error", code: "forbidden", message: "token authentication is not enabled", ref: frame.ref });
+        return true;
+      },
+    },
+  });
+  const errors = [];
+  client.on("error", (error) => errors.push(error));
+  const got = [];
+  client.subscribe("news", (event) => got.push(event.offset));
+  await nextEvent(client, "subscribed");
+  server.publish("news", "a", 1);
+  await until(() => got.length === 1);
+  assert.equal(errors.length, 1);
+  assert.equal(errors[0].code, "forbidden");
+  assert.match(errors[0].message, /^authentication refused/);
+  assert.equal(client.state, "connected");
 });
