@@ -58,7 +58,12 @@ class NotifierConsumer(AsyncWebsocketConsumer):
         user = self.scope.get("notifier_user")
         self.conn = Connection(self.base_send, user=user)
         self._bad_frames: list[float] = []
-        self.hub.add_connection(self.conn)
+        try:
+            await self.hub.add_connection(self.conn)
+        except (RedisError, OSError) as exc:
+            logger.warning("connection refused, channel layer unavailable: %s", exc)
+            await self.close(CloseCode.TRY_AGAIN_LATER)
+            return
         self.conn.deliver(
             protocol.reply(
                 "hello",

@@ -1,9 +1,10 @@
 """The event record and its wire encoding.
 
-An event frame is encoded once per channel and written as-is to every socket. The offset is
-only known once history has stored the event, so the frame is kept as a `FrameTemplate`
-(`head` + offset + `tail`): history splices the offset in atomically when it stores the frame,
-and Python does the same to produce the identical text.
+An event frame is encoded once per channel and written as-is to every socket. The offset and
+epoch are only known once history has stored the event, so the frame is kept as a
+`FrameTemplate` (`head` + offset + `,"epoch":"<epoch>"` + `tail`): history splices both in
+atomically when it stores the frame, and `render` does the same to produce the identical text.
+Epochs are hex strings, so they need no JSON escaping.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ class FrameTemplate:
     head: str
     tail: str
 
-    def render(self, offset: int) -> str:
-        return f"{self.head}{offset}{self.tail}"
+    def render(self, offset: int, epoch: str) -> str:
+        return f'{self.head}{offset},"epoch":"{epoch}"{self.tail}'
 
 
 def event_template(

@@ -80,7 +80,7 @@ if not epoch then
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
-local frame = ARGV[2] .. offset .. ARGV[3]
+local frame = ARGV[2] .. offset .. ',"epoch":"' .. epoch .. '"' .. ARGV[3]
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-0', 'f', frame)
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[5])
@@ -113,7 +113,8 @@ class RedisHistory:
         stored = []
         for item, (offset, epoch) in zip(items, results, strict=True):
             offset = int(offset)
-            stored.append(Stored(Position(offset, _text(epoch)), item.template.render(offset)))
+            epoch = _text(epoch)
+            stored.append(Stored(Position(offset, epoch), item.template.render(offset, epoch)))
         return stored
 
     async def read(self, channel: str, after: int, limit: int) -> Slice:
@@ -177,7 +178,7 @@ class MemoryHistory:
                 )
             log.offset += 1
             log.expires_at = self.clock() + item.ttl_secs
-            frame = item.template.render(log.offset)
+            frame = item.template.render(log.offset, log.epoch)
             log.frames.append((log.offset, frame))
             stored.append(Stored(Position(log.offset, log.epoch), frame))
         return stored

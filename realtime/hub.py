@@ -76,7 +76,9 @@ class Hub:
 
     # -- connections -------------------------------------------------------------------------
 
-    def add_connection(self, conn: Connection) -> None:
+    async def add_connection(self, conn: Connection) -> None:
+        """Track a socket for heartbeats; the first one starts the hub's loops."""
+        await self._ensure_started()
         self.connections.add(conn)
 
     async def remove_connection(self, conn: Connection) -> None:

@@ -54,6 +54,7 @@ async def test_subscribe_publish_receive(ws: WebsocketCommunicator) -> None:
         "type": "event",
         "channel": "unit.news",
         "offset": start + 1,
+        "epoch": result.channels["unit.news"].epoch,
         "id": result.id,
         "event": "hello",
         "data": {"x": 1},
@@ -75,6 +76,32 @@ async def test_resubscribe_with_since_replays_missed_events(ws: WebsocketCommuni
     assert subscribed["recovered"] is True and subscribed["offset"] == start["offset"] + 3
     replayed = [await recv(ws) for _ in range(3)]
     assert [e["data"] for e in replayed] == [0, 1, 2]
+
+
+async def test_recovery_from_a_channel_that_had_no_history_yet(ws: WebsocketCommunicator) -> None:
+    await recv(ws)
+    await ws.send_json_to({"op": "subscribe", "channel": "unit.fresh"})
+    subscribed = await recv(ws)
+    assert (subscribed["offset"], subscribed["epoch"]) == (0, "")
+    await apublish(["unit.fresh"], "first")
+    event = await recv(ws)
+    assert event["offset"] == 1 and event["epoch"]  # events carry the epoch the client must resume in
+    await ws.send_json_to({"op": "unsubscribe", "channel": "unit.fresh"})
+    await recv(ws)
+    await apublish(["unit.fresh"], "missed")
+    await ws.send_json_to({"op": "subscribe", "channel": "unit.fresh", "since": {"offset": 1, "epoch": event["epoch"]}})
+    assert (await recv(ws))["recovered"] is True
+    assert (await recv(ws))["event"] == "missed"
+
+
+async def test_heartbeat_pings_without_any_subscription(settings: Any) -> None:
+    settings.NOTIFIER = {**settings.NOTIFIER, "HEARTBEAT_SECS": 1}
+    communicator = WebsocketCommunicator(application, "/ws/")
+    await communicator.connect()
+    assert json.loads(await communicator.receive_from(timeout=5))["heartbeat"] == 1
+    assert json.loads(await communicator.receive_from(timeout=5)) == {"type": "ping"}
+    await communicator.disconnect()
+    await get_hub().stop()
 
 
 async def test_bad_frames_keep_the_socket_open(ws: WebsocketCommunicator) -> None:

@@ -64,7 +64,7 @@ async def store(hub: Hub, channel: str, count: int) -> list[dict[str, Any]]:
 async def connect(hub: Hub, channel: str, since: Position | None = None) -> Socket:
     socket = Socket()
     conn = Connection(socket)
-    hub.add_connection(conn)
+    await hub.add_connection(conn)
     await hub.subscribe(channel, conn, since)
     return socket
 
@@ -174,7 +174,7 @@ async def test_heartbeat_pings_and_closes_silent_sockets(hub: Hub) -> None:
     quiet, lively = Socket(), Socket()
     conns = [Connection(quiet, clock=lambda: now[0]), Connection(lively, clock=lambda: now[0])]
     for conn in conns:
-        hub.add_connection(conn)
+        await hub.add_connection(conn)
     now[0] = 30
     hub.heartbeat()
     conns[1].touch()
