@@ -16,21 +16,28 @@ from realtime.channels import InvalidChannel, policy_of, validate_channel
 from realtime.history import get_history
 from realtime.publish import PublishError, PublishResult, Unavailable, publish
 
+from .authentication import publisher_of
 from .exceptions import error_body, exception_handler
 from .serializers import BatchRequestSerializer, NotifyRequestSerializer
 
 HISTORY_PAGE_MAX = 1000
 
 
-def publish_validated(attrs: dict[str, Any]) -> PublishResult:
-    return publish(attrs["targets"], attrs["event"], attrs.get("data"))
+def publish_validated(attrs: dict[str, Any], publisher: str) -> PublishResult:
+    return publish(
+        attrs["targets"],
+        attrs["event"],
+        attrs.get("data"),
+        idempotency_key=attrs.get("idempotency_key"),
+        publisher=publisher,
+    )
 
 
 class NotifyView(APIView):
     def post(self, request: Request) -> Response:
         serializer = NotifyRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        result = publish_validated(serializer.validated_data)
+        result = publish_validated(serializer.validated_data, publisher_of(request))
         return Response(result.as_dict(), status=status.HTTP_202_ACCEPTED)
 
 
@@ -41,17 +48,17 @@ class NotifyBatchView(APIView):
         results: list[dict[str, Any]] = []
         unavailable = 0
         for body in batch.validated_data["events"]:
-            results.append(self.publish_one(body))
+            results.append(self.publish_one(body, publisher_of(request)))
             unavailable += results[-1].get("error", {}).get("code") == "unavailable"
         if unavailable == len(results):
             raise Unavailable("Redis is unavailable; no event was published")
         return Response({"results": results}, status=status.HTTP_202_ACCEPTED)
 
-    def publish_one(self, body: Any) -> dict[str, Any]:
+    def publish_one(self, body: Any, publisher: str) -> dict[str, Any]:
         serializer = NotifyRequestSerializer(data=body)
         try:
             serializer.is_valid(raise_exception=True)
-            return publish_validated(serializer.validated_data).as_dict()
+            return publish_validated(serializer.validated_data, publisher).as_dict()
         except (exceptions.ValidationError, PublishError) as exc:
             response = exception_handler(exc, {})
             assert response is not None

@@ -7,6 +7,7 @@ server process's hub hands it to its local sockets.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,10 +17,11 @@ from channels.layers import get_channel_layer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from . import idempotency
 from .bridge import run_sync
 from .channels import InvalidChannel, group_of, policy_of, validate_channel
 from .conf import notifier_settings
-from .events import dumps, event_template, new_event_id, now
+from .events import FrameTemplate, dumps, event_template, new_event_id, now
 from .history import Append, Position, get_history
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,10 @@ class PublishResult:
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "channels": {c: p.as_dict() for c, p in self.channels.items()}}
 
+    @classmethod
+    def from_dict(cls, answer: dict[str, Any]) -> PublishResult:
+        return cls(answer["id"], {c: Position(p["offset"], p["epoch"]) for c, p in answer["channels"].items()})
+
 
 def check_channels(channels: Sequence[str]) -> list[str]:
     """Validated, de-duplicated channels in first-seen order."""
@@ -100,47 +106,94 @@ def check_event_name(event: Any) -> str:
 
 
 async def apublish(
-    channels: Sequence[str], event: str, data: Any = None, *, sender: str | None = None
+    channels: Sequence[str],
+    event: str,
+    data: Any = None,
+    *,
+    sender: str | None = None,
+    idempotency_key: str | None = None,
+    publisher: str = "internal",
 ) -> PublishResult:
-    """Store and send one event to each channel; raises PublishError, never half-acknowledges."""
+    """Store and send one event to each channel; raises PublishError, never half-acknowledges.
+
+    With an `idempotency_key`, a repeat from the same `publisher` within the window returns the
+    first answer and publishes nothing.
+    """
     targets = check_channels(channels)
     check_event_name(event)
     data_json = encode_data(data)
     event_id, ts = new_event_id(), now()
-    items = []
-    for channel in targets:
-        policy = policy_of(channel)
-        assert policy is not None  # check_channels refused unknown namespaces
-        items.append(
-            Append(
-                channel,
-                event_template(channel, event_id, event, data_json, ts, sender),
-                policy.history_size or notifier_settings.HISTORY_SIZE,
-                policy.history_ttl_secs or notifier_settings.HISTORY_TTL_SECS,
-            )
-        )
+    items = [
+        _append_item(channel, event_template(channel, event_id, event, data_json, ts, sender)) for channel in targets
+    ]
+    if idempotency_key is None:
+        return await _store_and_send(event_id, items)
+    store, key = idempotency.get_store(), idempotency.store_key(publisher, idempotency_key)
+    try:
+        claimed = await idempotency.claim(store, key)
+    except idempotency.StillPending:
+        raise Unavailable("a publish with this idempotency key is still in progress; retry") from None
+    except (RedisError, OSError) as exc:
+        raise Unavailable("Redis is unavailable; the event was not published") from exc
+    if claimed.answer is not None:
+        return PublishResult.from_dict(claimed.answer)
+    try:
+        result = await _store_and_send(event_id, items)
+    except BaseException:
+        with contextlib.suppress(RedisError, OSError):
+            await store.release(key)
+        raise
+    try:
+        await store.complete(key, dumps(result.as_dict()), notifier_settings.IDEMPOTENCY_WINDOW_SECS)
+    except (RedisError, OSError) as exc:  # published all the same; a retry may publish again
+        logger.warning("could not record idempotency key: %s", exc)
+    return result
+
+
+def _append_item(channel: str, template: FrameTemplate) -> Append:
+    policy = policy_of(channel)
+    assert policy is not None  # check_channels refused unknown namespaces
+    return Append(
+        channel,
+        template,
+        policy.history_size or notifier_settings.HISTORY_SIZE,
+        policy.history_ttl_secs or notifier_settings.HISTORY_TTL_SECS,
+    )
+
+
+async def _store_and_send(event_id: str, items: list[Append]) -> PublishResult:
     layer = get_channel_layer()
     try:
         stored = await get_history().append(items)
-        for channel, record in zip(targets, stored, strict=True):
+        for item, record in zip(items, stored, strict=True):
             message = {
                 "type": HUB_EVENT,
-                "channel": channel,
+                "channel": item.channel,
                 "offset": record.position.offset,
                 "epoch": record.position.epoch,
                 "frame": record.frame,
             }
             try:
-                await layer.group_send(group_of(channel), message)
+                await layer.group_send(group_of(item.channel), message)
             except RedisConnectionError:
                 # A connection left stale by a Redis restart fails once, then reconnects.
-                await layer.group_send(group_of(channel), message)
+                await layer.group_send(group_of(item.channel), message)
     except (RedisError, OSError) as exc:
         logger.warning("publish failed: %s: %s", type(exc).__name__, exc)
         raise Unavailable("Redis is unavailable; the event was not published") from exc
-    return PublishResult(event_id, {c: r.position for c, r in zip(targets, stored, strict=True)})
+    return PublishResult(event_id, {i.channel: r.position for i, r in zip(items, stored, strict=True)})
 
 
-def publish(channels: Sequence[str], event: str, data: Any = None, *, sender: str | None = None) -> PublishResult:
+def publish(
+    channels: Sequence[str],
+    event: str,
+    data: Any = None,
+    *,
+    sender: str | None = None,
+    idempotency_key: str | None = None,
+    publisher: str = "internal",
+) -> PublishResult:
     """Sync `apublish` for views, tasks and scripts."""
-    return run_sync(apublish, channels, event, data, sender=sender)
+    return run_sync(
+        apublish, channels, event, data, sender=sender, idempotency_key=idempotency_key, publisher=publisher
+    )

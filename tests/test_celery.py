@@ -24,8 +24,12 @@ import json, sys
 from celery import Celery
 app = Celery(broker=sys.argv[1])
 channel, first, count = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+key = sys.argv[5] if len(sys.argv) > 5 else None
 for n in range(first, first + count):
-    app.send_task("notifier.notify", kwargs={"channel": channel, "event": "task", "data": {"n": n}})
+    kwargs = {"channel": channel, "event": "task", "data": {"n": n}}
+    if key:
+        kwargs["idempotency_key"] = key
+    app.send_task("notifier.notify", kwargs=kwargs)
 print(json.dumps({"sent": count}))
 """
 
@@ -39,9 +43,9 @@ def stack(redis_server: RedisServer, service_db: Path, workdir: Path) -> Iterato
     server.stop()
 
 
-def send_tasks(broker: str, channel: str, first: int, count: int) -> None:
+def send_tasks(broker: str, channel: str, first: int, count: int, key: str = "") -> None:
     result = subprocess.run(
-        [sys.executable, "-c", SENDER, broker, channel, str(first), str(count)],
+        [sys.executable, "-c", SENDER, broker, channel, str(first), str(count), key],
         cwd="/",
         capture_output=True,
         text=True,
@@ -86,4 +90,19 @@ async def test_redis_clients_stay_flat_over_a_thousand_tasks(
     print(f"redis clients: {before} before, {after} after {TASKS} tasks")
     assert after <= before, f"Redis client count grew from {before} to {after} over {TASKS} tasks"
     assert "Task notifier.notify" in worker.log()
+    await client.close()
+
+
+async def test_tasks_with_one_idempotency_key_deliver_once(
+    stack: tuple[Server, Worker], redis_server: RedisServer
+) -> None:
+    server, _ = stack
+    channel = f"celery.{uuid.uuid4().hex[:8]}"
+    client = await Client.connect(server.ws)
+    await client.subscribe(channel)
+    send_tasks(redis_server.url, channel, 0, 5, key="same-key")
+    send_tasks(redis_server.url, channel, 100, 1)  # a marker after the duplicates
+    events = await client.events(2, timeout=30)
+    assert [e["offset"] for e in events] == [1, 2]
+    assert events[1]["data"] == {"n": 100}
     await client.close()

@@ -297,3 +297,17 @@ def test_runs_from_a_separate_python_without_our_code() -> None:
     result = subprocess.run([sys.executable, "-c", "import celery"], cwd="/", capture_output=True, timeout=60)
     assert result.returncode == 0
     assert ROOT.exists()
+
+
+async def test_idempotency_key_over_http_delivers_once(servers: tuple[Server, Server], api_key: str) -> None:
+    channel = channel_name()
+    client = await Client.connect(servers[0].ws)
+    await client.subscribe(channel)
+    body = {"channel": channel, "event": "charge", "idempotency_key": "order-7-charged"}
+    first = notify(servers[0], api_key, body)
+    again = notify(servers[1], api_key, {**body, "data": "a different body is not compared"})
+    assert again == first
+    notify(servers[0], api_key, {"channel": channel, "event": "next"})
+    events = await client.events(2)
+    assert [(e["offset"], e["event"]) for e in events] == [(1, "charge"), (2, "next")]
+    await client.close()

@@ -13,6 +13,8 @@ from realtime.publish import PublishError, Unavailable, publish
 
 logger = logging.getLogger(__name__)
 
+CELERY_PUBLISHER = "celery"
+
 
 class InvalidNotification(Exception):
     """The task's kwargs were refused; retrying cannot help."""
@@ -36,7 +38,13 @@ def notify(self: Task, **body: Any) -> dict[str, Any]:
         raise InvalidNotification(str(exc.detail)) from None
     attrs = serializer.validated_data
     try:
-        return publish(attrs["targets"], attrs["event"], attrs.get("data")).as_dict()
+        return publish(
+            attrs["targets"],
+            attrs["event"],
+            attrs.get("data"),
+            idempotency_key=attrs.get("idempotency_key"),
+            publisher=CELERY_PUBLISHER,  # all tasks count as one publisher (DESIGN §4)
+        ).as_dict()
     except Unavailable:
         raise
     except PublishError as exc:

@@ -1,0 +1,108 @@
+"""Idempotent publishing: the same key from the same publisher within the window answers the
+first publish's result again and delivers nothing new, so client and Celery retries are safe.
+
+A key is claimed atomically (SET NX) before publishing, with a short claim TTL in case the
+publisher dies mid-way; the answer then replaces the claim for the whole window. A concurrent
+duplicate waits for the answer rather than publishing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .conf import notifier_settings
+from .redis import get_redis
+
+PENDING = "pending"
+CLAIM_TTL_SECS = 30  # how long a claim blocks duplicates if its publisher dies before answering
+WAIT_FOR_ANSWER_SECS = 10.0
+POLL_SECS = 0.05
+
+
+class StillPending(Exception):
+    """A duplicate arrived while the first publish with this key has not finished."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Either the right to publish (`answer is None`) or the first publish's answer."""
+
+    answer: dict[str, Any] | None
+
+
+class IdempotencyStore(Protocol):
+    async def claim(self, key: str) -> str | None: ...
+
+    async def complete(self, key: str, answer: str, window_secs: int) -> None: ...
+
+    async def release(self, key: str) -> None: ...
+
+
+def store_key(publisher: str, idempotency_key: str) -> str:
+    digest = hashlib.sha256(f"{publisher}\0{idempotency_key}".encode()).hexdigest()
+    return f"{notifier_settings.REDIS_PREFIX}:idem:{digest}"
+
+
+class RedisIdempotencyStore:
+    async def claim(self, key: str) -> str | None:
+        """None if we now own the key, else its current value (PENDING or the answer)."""
+        redis = get_redis()
+        if await redis.set(key, PENDING, nx=True, ex=CLAIM_TTL_SECS):
+            return None
+        value = await redis.get(key)
+        if value is None:  # expired between the two calls: try once more
+            return None if await redis.set(key, PENDING, nx=True, ex=CLAIM_TTL_SECS) else PENDING
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    async def complete(self, key: str, answer: str, window_secs: int) -> None:
+        await get_redis().set(key, answer, ex=window_secs)
+
+    async def release(self, key: str) -> None:
+        await get_redis().delete(key)
+
+
+class MemoryIdempotencyStore:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._entries: dict[str, tuple[str, float]] = {}
+        self.clock = clock
+
+    async def claim(self, key: str) -> str | None:
+        entry = self._entries.get(key)
+        if entry is not None and entry[1] > self.clock():
+            return entry[0]
+        self._entries[key] = (PENDING, self.clock() + CLAIM_TTL_SECS)
+        return None
+
+    async def complete(self, key: str, answer: str, window_secs: int) -> None:
+        self._entries[key] = (answer, self.clock() + window_secs)
+
+    async def release(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+
+_memory_store = MemoryIdempotencyStore()
+
+
+def get_store() -> IdempotencyStore:
+    return _memory_store if notifier_settings.embedded else RedisIdempotencyStore()
+
+
+async def claim(store: IdempotencyStore, key: str) -> Claim:
+    """Claim `key`, or wait for the answer of whoever claimed it first."""
+    deadline = time.monotonic() + WAIT_FOR_ANSWER_SECS
+    while True:
+        value = await store.claim(key)
+        if value is None:
+            return Claim(None)
+        if value != PENDING:
+            answer: dict[str, Any] = json.loads(value)
+            return Claim(answer)
+        if time.monotonic() > deadline:
+            raise StillPending(key)
+        await asyncio.sleep(POLL_SECS)

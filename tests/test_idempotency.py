@@ -1,0 +1,96 @@
+"""Idempotent publish: one event per (publisher, key) within the window, on both stores."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from channels.layers import channel_layers
+
+from realtime.history import get_history
+from realtime.idempotency import MemoryIdempotencyStore, RedisIdempotencyStore
+from realtime.publish import Unavailable, apublish
+
+from .support import RedisServer
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def mode(request: pytest.FixtureRequest, settings: Any) -> Iterator[str]:
+    channel_layers.backends.pop("default", None)
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        settings.NOTIFIER = {**settings.NOTIFIER, "REDIS_URL": server.url, "REDIS_PREFIX": uuid.uuid4().hex[:8]}
+        settings.CHANNEL_LAYERS = {
+            "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [server.url]}}
+        }
+        channel_layers.backends.clear()
+    yield request.param
+    channel_layers.backends.clear()
+
+
+async def offsets(channel: str) -> list[int]:
+    page = await get_history().read(channel, after=0, limit=100)
+    return [offset for offset, _ in page.frames]
+
+
+async def test_same_key_same_publisher_publishes_once(mode: str) -> None:
+    channel = f"idem.{uuid.uuid4().hex[:8]}"
+    first = await apublish([channel], "e", 1, idempotency_key="k1", publisher="key:1")
+    again = await apublish([channel], "e", 2, idempotency_key="k1", publisher="key:1")
+    assert again == first
+    assert await offsets(channel) == [1]
+
+
+async def test_other_publisher_or_other_key_publishes_again(mode: str) -> None:
+    channel = f"idem.{uuid.uuid4().hex[:8]}"
+    a = await apublish([channel], "e", idempotency_key="k", publisher="key:1")
+    b = await apublish([channel], "e", idempotency_key="k", publisher="key:2")
+    c = await apublish([channel], "e", idempotency_key="other", publisher="key:1")
+    assert len({a.id, b.id, c.id}) == 3
+    assert await offsets(channel) == [1, 2, 3]
+
+
+async def test_concurrent_duplicates_publish_once(mode: str) -> None:
+    channel = f"idem.{uuid.uuid4().hex[:8]}"
+    results = await asyncio.gather(
+        *(apublish([channel], "e", n, idempotency_key="race", publisher="p") for n in range(20))
+    )
+    assert len({r.id for r in results}) == 1
+    assert await offsets(channel) == [1]
+
+
+async def test_a_failed_publish_releases_its_key(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import realtime.publish as publish_module
+
+    channel = f"idem.{uuid.uuid4().hex[:8]}"
+    original = publish_module._store_and_send
+
+    async def failing(*args: Any) -> Any:
+        raise Unavailable("down")
+
+    monkeypatch.setattr(publish_module, "_store_and_send", failing)
+    with pytest.raises(Unavailable):
+        await apublish([channel], "e", idempotency_key="retry-me", publisher="p")
+    monkeypatch.setattr(publish_module, "_store_and_send", original)
+    result = await apublish([channel], "e", idempotency_key="retry-me", publisher="p")
+    assert result.channels[channel].offset == 1
+
+
+async def test_window_expiry_in_memory() -> None:
+    now = [0.0]
+    store = MemoryIdempotencyStore(clock=lambda: now[0])
+    assert await store.claim("k") is None
+    await store.complete("k", '{"id": "x", "channels": {}}', 300)
+    assert await store.claim("k") == '{"id": "x", "channels": {}}'
+    now[0] = 301
+    assert await store.claim("k") is None
+
+
+def test_redis_store_is_the_production_store(settings: Any) -> None:
+    from realtime.idempotency import get_store
+
+    settings.NOTIFIER = {**settings.NOTIFIER, "REDIS_URL": "redis://127.0.0.1:1/0"}
+    assert isinstance(get_store(), RedisIdempotencyStore)
