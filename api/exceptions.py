@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -64,6 +66,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = from_publish_error(exc)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        exc = PayloadTooLarge(f"request body is over {limit} bytes")
+        exc.notifier_details = {"limit": limit}  # type: ignore[attr-defined]
     # Imported here: rest_framework.views imports our authentication class at import time.
     from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -106,4 +112,9 @@ def json_500(request: HttpRequest) -> JsonResponse:
 
 
 def json_400(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    if isinstance(exception, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return JsonResponse(
+            error_body("payload_too_large", f"request body is over {limit} bytes", {"limit": limit}), status=413
+        )
     return JsonResponse(error_body("bad_request", "bad request"), status=400)

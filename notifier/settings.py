@@ -174,13 +174,16 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
 }
 
+MAX_PAYLOAD_BYTES = env_int("NOTIFIER_MAX_PAYLOAD_BYTES", 64 * 1024)
+MAX_BATCH_EVENTS = 100
+
 # Our own knobs, read through realtime.conf.notifier_settings (unknown keys raise).
 NOTIFIER = {
     "REDIS_URL": REDIS_URL,
-    "MAX_PAYLOAD_BYTES": env_int("NOTIFIER_MAX_PAYLOAD_BYTES", 64 * 1024),
+    "MAX_PAYLOAD_BYTES": MAX_PAYLOAD_BYTES,
     "MAX_FRAME_BYTES": env_int("NOTIFIER_MAX_FRAME_BYTES", 64 * 1024),
     "MAX_CHANNELS_PER_PUBLISH": env_int("NOTIFIER_MAX_CHANNELS_PER_PUBLISH", 100),
-    "MAX_BATCH_EVENTS": 100,
+    "MAX_BATCH_EVENTS": MAX_BATCH_EVENTS,
     "HEARTBEAT_SECS": env_int("NOTIFIER_HEARTBEAT_SECS", 25),
     "ALLOWED_ORIGINS": env_list("NOTIFIER_ALLOWED_ORIGINS", []),
     "HISTORY_SIZE": env_int("NOTIFIER_HISTORY_SIZE", 1000),
@@ -192,6 +195,10 @@ NOTIFIER = {
     "REDIS_SOCKET_TIMEOUT_SECS": REDIS_SOCKET_TIMEOUT_SECS,
     "NAMESPACES": {},
 }
+
+# A full batch (MAX_BATCH_EVENTS events at MAX_PAYLOAD_BYTES each, plus their envelopes) fits;
+# anything larger is refused with 413 before it is parsed.
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BATCH_EVENTS * (MAX_PAYLOAD_BYTES + 4096)
 
 LOGGING = {
     "version": 1,

@@ -163,17 +163,36 @@ def manage(env: dict[str, str], *args: str) -> str:
     return result.stdout
 
 
-class Server(Process):
-    """A Daphne process serving notifier.asgi:application."""
+def server_argv(kind: str, port: int) -> list[str]:
+    """The documented command line of each supported ASGI server."""
+    if kind == "daphne":
+        return [str(VENV_BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "notifier.asgi:application"]
+    if kind == "uvicorn":
+        return [
+            str(VENV_BIN / "uvicorn"),
+            "notifier.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--ws",
+            "websockets-sansio",
+            "--ws-per-message-deflate",
+            "false",
+            "--lifespan",
+            "off",
+            "--no-access-log",
+        ]
+    raise ValueError(kind)
 
-    def __init__(self, env: dict[str, str], workdir: Path, port: int | None = None) -> None:
+
+class Server(Process):
+    """An ASGI server process (Daphne or Uvicorn) serving notifier.asgi:application."""
+
+    def __init__(self, env: dict[str, str], workdir: Path, port: int | None = None, kind: str = "daphne") -> None:
         self.port = port or free_port()
-        super().__init__(
-            f"daphne:{self.port}",
-            [str(VENV_BIN / "daphne"), "-b", "127.0.0.1", "-p", str(self.port), "notifier.asgi:application"],
-            env,
-            workdir / f"daphne-{self.port}.log",
-        )
+        self.kind = kind
+        super().__init__(f"{kind}:{self.port}", server_argv(kind, self.port), env, workdir / f"{kind}-{self.port}.log")
         wait_until(self.healthy, what=f"daphne on port {self.port} (log: {self.log_path})")
 
     @property
@@ -183,6 +202,12 @@ class Server(Process):
     @property
     def ws(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws/"
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
 
     def healthy(self) -> bool:
         if not self.alive():

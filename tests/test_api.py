@@ -116,3 +116,9 @@ def test_unknown_paths_and_methods_answer_json(client: APIClient) -> None:
 
 def test_healthz() -> None:
     assert APIClient().get("/healthz").json() == {"status": "ok"}
+
+
+def test_a_body_over_the_upload_limit_is_413(client: APIClient, settings: Any) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = client.post("/api/notify", {"channel": "a", "event": "e", "data": "x" * 2000}, format="json")
+    assert response.status_code == 413 and response.json()["code"] == "payload_too_large"
