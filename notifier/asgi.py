@@ -15,12 +15,13 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 
 from realtime.origin import OriginMiddleware  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
+from realtime.session import SessionAuthMiddleware  # noqa: E402
 
 http_app = ASGIStaticFilesHandler(django_http) if settings.EMBEDDED or settings.DEBUG else django_http
 
 application = ProtocolTypeRouter(
     {
         "http": http_app,
-        "websocket": OriginMiddleware(URLRouter(websocket_urlpatterns)),
+        "websocket": OriginMiddleware(SessionAuthMiddleware(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -7,6 +7,9 @@ for trying it on a laptop. Production sets REDIS_URL (and DATABASE_URL).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import os
 from pathlib import Path
 
@@ -90,7 +93,7 @@ ASGI_APPLICATION = "notifier.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [BASE_DIR / "notifier" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -118,6 +121,12 @@ USE_TZ = True
 
 STATIC_URL = "/static/"
 STATIC_ROOT = Path(env_str("DJANGO_STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+# The browser client (clients/js/notifier.js and its classic build) at /static/notifier.js.
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "notifier.staticfiles.JsClientFinder",
+]
 
 # Redis: one pool configuration for the channel layer, history and Celery. The timeouts make a
 # dead Redis fail a publish quickly (503) instead of hanging the request.
@@ -174,6 +183,26 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
 }
 
+
+def _derived_secret(purpose: str, key: str) -> str:
+    return hmac.new(key.encode(), purpose.encode(), hashlib.sha256).hexdigest()
+
+
+def _namespaces() -> dict[str, dict[str, object]]:
+    raw = os.environ.get("NOTIFIER_NAMESPACES", "")
+    if raw:
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            raise ImproperlyConfigured(f"NOTIFIER_NAMESPACES={raw!r} is not JSON") from None
+        if not isinstance(parsed, dict):
+            raise ImproperlyConfigured("NOTIFIER_NAMESPACES must be a JSON object")
+        return parsed
+    # The trial mode lets chat rooms publish from the browser (the /demo/chat/ page);
+    # production turns client publishing on only where NOTIFIER_NAMESPACES says so.
+    return {"chat": {"client_publish": True}} if EMBEDDED else {}
+
+
 MAX_PAYLOAD_BYTES = env_int("NOTIFIER_MAX_PAYLOAD_BYTES", 64 * 1024)
 MAX_BATCH_EVENTS = 100
 
@@ -189,11 +218,26 @@ NOTIFIER = {
     "HISTORY_SIZE": env_int("NOTIFIER_HISTORY_SIZE", 1000),
     "HISTORY_TTL_SECS": env_int("NOTIFIER_HISTORY_TTL_SECS", 24 * 3600),
     "IDEMPOTENCY_WINDOW_SECS": env_int("NOTIFIER_IDEMPOTENCY_WINDOW_SECS", 300),
+    # Connection tokens are signed with this; non-Python backends need it to mint tokens.
+    # Unset, it defaults to a key derived from DJANGO_SECRET_KEY (fine for Python-only setups).
+    "JWT_SECRET": env_str("NOTIFIER_JWT_SECRET", "") or _derived_secret("notifier-jwt", SECRET_KEY),
+    "ALLOW_ANONYMOUS": env_bool("NOTIFIER_ALLOW_ANONYMOUS", True),
+    "TOKEN_GRACE_SECS": env_int("NOTIFIER_TOKEN_GRACE_SECS", 30),
+    "AUTH_TIMEOUT_SECS": env_int("NOTIFIER_AUTH_TIMEOUT_SECS", 10),
+    "AUTHORIZER": env_str("NOTIFIER_AUTHORIZER", "realtime.authorization.ChannelAuthorizer"),
+    "MAX_SUBSCRIPTIONS_PER_CONNECTION": env_int("NOTIFIER_MAX_SUBSCRIPTIONS_PER_CONNECTION", 128),
+    "MAX_CONNECTIONS_PER_USER": env_int("NOTIFIER_MAX_CONNECTIONS_PER_USER", 64),
+    "CLIENT_FRAMES_PER_SEC": env_int("NOTIFIER_CLIENT_FRAMES_PER_SEC", 50),
+    "CLIENT_PUBLISH_PER_SEC": env_int("NOTIFIER_CLIENT_PUBLISH_PER_SEC", 5),
+    "PUBLISH_RATE_PER_KEY": env_str("NOTIFIER_PUBLISH_RATE_PER_KEY", "1000/s"),
+    "PRESENCE_TTL_SECS": env_int("NOTIFIER_PRESENCE_TTL_SECS", 30),
+    "PRESENCE_LEAVE_DELAY_SECS": env_int("NOTIFIER_PRESENCE_LEAVE_DELAY_SECS", 3),
     "REDIS_PREFIX": env_str("NOTIFIER_REDIS_PREFIX", "notifier"),
     "REDIS_MAX_CONNECTIONS": env_int("NOTIFIER_REDIS_MAX_CONNECTIONS", 50),
     "REDIS_CONNECT_TIMEOUT_SECS": REDIS_CONNECT_TIMEOUT_SECS,
     "REDIS_SOCKET_TIMEOUT_SECS": REDIS_SOCKET_TIMEOUT_SECS,
-    "NAMESPACES": {},
+    # JSON: {"namespace": {"public": bool, "client_publish": bool, "presence": bool, ...}}
+    "NAMESPACES": _namespaces(),
 }
 
 # A full batch (MAX_BATCH_EVENTS events at MAX_PAYLOAD_BYTES each, plus their envelopes) fits;

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
+
 from .conf import notifier_settings
 
 MAX_CHANNEL_LENGTH = 128
@@ -36,7 +38,10 @@ class NamespacePolicy:
     personal: bool = False
     # Subscribers may publish with the `publish` op.
     client_publish: bool = False
+    # Who is subscribed is tracked (GET /api/channels/<channel>/presence).
     presence: bool = False
+    # Subscribers receive {"type": "join"/"leave"} frames (needs presence).
+    presence_events: bool = False
     history_size: int | None = None  # None: NOTIFIER["HISTORY_SIZE"]
     history_ttl_secs: int | None = None  # None: NOTIFIER["HISTORY_TTL_SECS"]
 
@@ -45,6 +50,9 @@ DEFAULT_NAMESPACES: dict[str, NamespacePolicy] = {
     "": NamespacePolicy(),
     "private": NamespacePolicy(public=False),
     "user": NamespacePolicy(public=False, personal=True),
+    # Chat rooms (the Channels tutorial's classic). Client publishing is off until settings turn
+    # it on (the embedded trial mode does, for /demo/chat/).
+    "chat": NamespacePolicy(presence=True, presence_events=True, history_size=100),
 }
 
 
@@ -75,6 +83,9 @@ def policies() -> dict[str, NamespacePolicy]:
     merged = dict(DEFAULT_NAMESPACES)
     for namespace, overrides in notifier_settings.NAMESPACES.items():
         base = merged.get(namespace, NamespacePolicy())
+        unknown = set(overrides) - set(NamespacePolicy.__dataclass_fields__)
+        if unknown:
+            raise ImproperlyConfigured(f"NOTIFIER['NAMESPACES'][{namespace!r}]: unknown keys {sorted(unknown)}")
         merged[namespace] = replace(base, **overrides)
     return merged
 

@@ -18,6 +18,10 @@ class ErrorCode(StrEnum):
     BAD_CHANNEL = "bad_channel"
     UNKNOWN_CHANNEL = "unknown_channel"
     FORBIDDEN = "forbidden"
+    INVALID_TOKEN = "invalid_token"  # noqa: S105 - an error code, not a secret
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105 - an error code, not a secret
+    RATE_LIMITED = "rate_limited"
+    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
     NOT_SUBSCRIBED = "not_subscribed"
     ALREADY_SUBSCRIBED = "already_subscribed"
     PAYLOAD_TOO_LARGE = "payload_too_large"

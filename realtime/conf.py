@@ -22,6 +22,22 @@ DEFAULTS: dict[str, Any] = {
     "HISTORY_SIZE": 1000,
     "HISTORY_TTL_SECS": 24 * 3600,
     "IDEMPOTENCY_WINDOW_SECS": 300,
+    "JWT_SECRET": "",
+    "ALLOW_ANONYMOUS": True,
+    # Seconds a connection may stay open after its token expired, waiting for `op: refresh`.
+    "TOKEN_GRACE_SECS": 30,
+    # Seconds an unauthenticated connection may wait before sending `op: auth` when anonymous
+    # connections are not allowed.
+    "AUTH_TIMEOUT_SECS": 10,
+    # A subclass of realtime.authorization.ChannelAuthorizer, as a dotted path.
+    "AUTHORIZER": "realtime.authorization.ChannelAuthorizer",
+    "MAX_SUBSCRIPTIONS_PER_CONNECTION": 128,
+    "MAX_CONNECTIONS_PER_USER": 64,
+    "CLIENT_FRAMES_PER_SEC": 50,
+    "CLIENT_PUBLISH_PER_SEC": 5,
+    "PUBLISH_RATE_PER_KEY": "1000/s",
+    "PRESENCE_TTL_SECS": 30,
+    "PRESENCE_LEAVE_DELAY_SECS": 3,
     "REDIS_PREFIX": "notifier",
     "REDIS_MAX_CONNECTIONS": 50,
     "REDIS_CONNECT_TIMEOUT_SECS": 2,

@@ -33,6 +33,9 @@ class Connection:
         self.id = uuid.uuid4().hex
         self.user = user
         self.subscriptions: set[str] = set()
+        self.presence_channels: set[str] = set()
+        self.expires_at: float | None = None  # the token's expiry, Unix time
+        self.auth_deadline: float | None = None  # when an unauthenticated socket is closed, monotonic
         self.clock = clock
         self.last_seen = clock()
         self.closed = False

@@ -1,4 +1,4 @@
-"""The WebSocket consumer: thin. It parses a frame, calls the domain, and queues reply frames.
+"""The WebSocket consumer: thin. It parses a frame, asks the domain, and queues reply frames.
 
 It is deliberately not a channel-layer member: the process's hub is, once, for all sockets
 (DESIGN §8: a layer channel and receive loop per socket costs most of the gap to raw ASGI).
@@ -6,9 +6,11 @@ It is deliberately not a channel-layer member: the process's hub is, once, for a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
+from urllib.parse import parse_qs
 
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -16,16 +18,20 @@ from channels.utils import await_many_dispatch
 from redis.exceptions import RedisError
 
 from . import protocol
+from .authorization import Identity, get_authorizer
 from .channels import policy_of
 from .codes import CloseCode, ErrorCode
 from .conf import notifier_settings
 from .connection import Connection
 from .hub import Hub, Subscription, get_hub
-from .publish import PublishError, apublish
+from .limits import TokenBucket
+from .presence import get_presence
+from .publish import PublishError, apublish, send_presence_frame
+from .tokens import InvalidToken, TokenExpired, decode_connection_token
 
 logger = logging.getLogger(__name__)
 
-# More bad frames than this within the window is abuse: close with 4502.
+# More refused frames than this within the window is abuse: close with 4502.
 BAD_FRAME_BUDGET = 20
 BAD_FRAME_WINDOW_SECS = 10.0
 
@@ -33,6 +39,7 @@ BAD_FRAME_WINDOW_SECS = 10.0
 class NotifierConsumer(AsyncWebsocketConsumer):
     conn: Connection
     hub: Hub
+    identity: Identity
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         # No per-socket channel-layer channel: the hub is this process's only layer member.
@@ -46,40 +53,103 @@ class NotifierConsumer(AsyncWebsocketConsumer):
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels' dispatch closes old DB connections in a thread on every frame; the socket
-        # path touches no database, so call the handler directly.
+        # path touches the database only through database_sync_to_async, so skip that.
         handler = getattr(self, message["type"].replace(".", "_"), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
 
+    # -- life cycle ------------------------------------------------------------------------
+
     async def connect(self) -> None:
         await self.accept()
         self.hub = get_hub()
-        user = self.scope.get("notifier_user")
-        self.conn = Connection(self.base_send, user=user)
+        self.conn = Connection(self.base_send)
         self._bad_frames: list[float] = []
+        self._frames = TokenBucket(notifier_settings.CLIENT_FRAMES_PER_SEC)
+        self._publishes = TokenBucket(notifier_settings.CLIENT_PUBLISH_PER_SEC)
+        identity = self._identity_from_scope()
+        if identity is None:
+            return  # refused and closed
         try:
             await self.hub.add_connection(self.conn)
+            if identity.user is not None and not await self._register(identity):
+                return
         except (RedisError, OSError) as exc:
-            logger.warning("connection refused, channel layer unavailable: %s", exc)
-            await self.close(CloseCode.TRY_AGAIN_LATER)
+            logger.warning("connection refused, Redis unavailable: %s", exc)
+            self.conn.close(CloseCode.TRY_AGAIN_LATER)
             return
+        self._set_identity(identity)
+        if identity.user is None and not notifier_settings.ALLOW_ANONYMOUS:
+            self.conn.auth_deadline = time.monotonic() + notifier_settings.AUTH_TIMEOUT_SECS
         self.conn.deliver(
             protocol.reply(
                 "hello",
                 protocol=protocol.PROTOCOL_VERSION,
                 connection=self.conn.id,
-                user=user,
+                user=identity.user,
                 heartbeat=notifier_settings.HEARTBEAT_SECS,
             )
         )
 
     async def disconnect(self, code: int) -> None:
-        if hasattr(self, "conn"):
-            await self.hub.remove_connection(self.conn)
+        if not hasattr(self, "conn"):
+            return
+        await self.hub.remove_connection(self.conn)
+        presence = get_presence()
+        try:
+            for channel in list(self.conn.presence_channels):
+                await self._leave_presence(channel)
+            if self.conn.user is not None:
+                await presence.unregister_connection(self.conn.user, self.conn.id)
+        except (RedisError, OSError) as exc:  # entries expire on their own
+            logger.warning("presence cleanup failed: %s", exc)
+
+    def _identity_from_scope(self) -> Identity | None:
+        """From `?token=` or the Django session; None when the token was refused (socket closed)."""
+        token = parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get("token", [None])[0]
+        if token is not None:
+            claims = self._decode_or_close(token)
+            return Identity(claims.user, claims) if claims else None
+        user = self.scope.get("user")
+        if user is not None and getattr(user, "is_authenticated", False):
+            return Identity(str(user.pk), django_user=user)
+        return Identity()
+
+    def _decode_or_close(self, token: str) -> Any:
+        try:
+            return decode_connection_token(token)
+        except TokenExpired:
+            self.conn.close(CloseCode.TOKEN_EXPIRED)
+        except InvalidToken as exc:
+            logger.info("connection %s: %s", self.conn.id, exc)
+            self.conn.close(CloseCode.INVALID_TOKEN)
+        return None
+
+    async def _register(self, identity: Identity) -> bool:
+        """Count the connection against the user's limit; close with 4503 when over it."""
+        assert identity.user is not None
+        limit = notifier_settings.MAX_CONNECTIONS_PER_USER
+        if await get_presence().register_connection(identity.user, self.conn.id, limit):
+            return True
+        self.conn.deliver(protocol.error_frame("too_many_connections", f"at most {limit} connections per user"))
+        self.conn.close(CloseCode.TOO_MANY_CONNECTIONS)
+        return False
+
+    def _set_identity(self, identity: Identity) -> None:
+        self.identity = identity
+        self.conn.user = identity.user
+        self.conn.expires_at = identity.expires_at
+        self.conn.auth_deadline = None
+
+    # -- frames ----------------------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.conn.closed:
+            return
         self.conn.touch()
+        if not self._frames.take():
+            return self.refuse(ErrorCode.RATE_LIMITED, "too many frames; slow down")
         try:
             frame = protocol.parse_frame(text_data, bytes_data, notifier_settings.MAX_FRAME_BYTES)
             await self.handle(frame)
@@ -106,17 +176,47 @@ class NotifierConsumer(AsyncWebsocketConsumer):
                 pass
             case protocol.Publish():
                 await self.publish(frame)
-            case protocol.Auth() | protocol.Refresh():
-                self.refuse(ErrorCode.FORBIDDEN, "token authentication is not enabled", frame.ref)
+            case protocol.Auth():
+                await self.authenticate(frame)
+            case protocol.Refresh():
+                self.refresh(frame)
+
+    async def authenticate(self, frame: protocol.Auth) -> None:
+        if self.identity.user is not None:
+            return self.refuse(ErrorCode.FORBIDDEN, "already authenticated; use refresh", frame.ref)
+        claims = self._decode_or_close(frame.token)
+        if claims is None:
+            return
+        identity = Identity(claims.user, claims)
+        try:
+            if not await self._register(identity):
+                return
+        except (RedisError, OSError):
+            return self.refuse(ErrorCode.UNAVAILABLE, "the service is temporarily unavailable; retry", frame.ref)
+        self._set_identity(identity)
+        self.conn.deliver(protocol.reply("authenticated", frame.ref, user=identity.user))
+
+    def refresh(self, frame: protocol.Refresh) -> None:
+        try:
+            claims = decode_connection_token(frame.token)
+        except TokenExpired:
+            return self.refuse(ErrorCode.TOKEN_EXPIRED, "the new token is already expired", frame.ref)
+        except InvalidToken as exc:
+            return self.refuse(ErrorCode.INVALID_TOKEN, str(exc), frame.ref)
+        if claims.user != self.identity.user:
+            return self.refuse(ErrorCode.FORBIDDEN, "a refresh token must be for the same user", frame.ref)
+        self._set_identity(Identity(claims.user, claims, self.identity.django_user))
+        self.conn.deliver(protocol.reply("authenticated", frame.ref, user=claims.user))
 
     async def subscribe(self, frame: protocol.Subscribe) -> None:
-        policy = policy_of(frame.channel)
-        if policy is None:
-            return self.refuse(ErrorCode.UNKNOWN_CHANNEL, f"unknown namespace in {frame.channel!r}", frame.ref)
-        if not policy.public:
-            return self.refuse(ErrorCode.FORBIDDEN, f"not allowed to subscribe to {frame.channel!r}", frame.ref)
         if frame.channel in self.conn.subscriptions:
             return self.refuse(ErrorCode.ALREADY_SUBSCRIBED, f"already subscribed to {frame.channel!r}", frame.ref)
+        limit = notifier_settings.MAX_SUBSCRIPTIONS_PER_CONNECTION
+        if len(self.conn.subscriptions) >= limit:
+            return self.refuse(ErrorCode.TOO_MANY_SUBSCRIPTIONS, f"at most {limit} subscriptions", frame.ref)
+        refusal = await get_authorizer().can_subscribe(self.identity, frame.channel, frame.token)
+        if refusal is not None:
+            return self.refuse(refusal.code, refusal.message, frame.ref)
 
         def announce(sub: Subscription) -> None:
             self.conn.deliver(
@@ -132,6 +232,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
 
         try:
             await self.hub.subscribe(frame.channel, self.conn, frame.since, announce)
+            await self._join_presence(frame.channel)
         except (RedisError, OSError) as exc:
             logger.warning("subscribe to %s failed: %s", frame.channel, exc)
             self.refuse(ErrorCode.UNAVAILABLE, "the service is temporarily unavailable; retry", frame.ref)
@@ -141,17 +242,54 @@ class NotifierConsumer(AsyncWebsocketConsumer):
             return self.refuse(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {frame.channel!r}", frame.ref)
         await self.hub.unsubscribe(frame.channel, self.conn)
         self.conn.deliver(protocol.reply("unsubscribed", frame.ref, channel=frame.channel))
+        try:
+            await self._leave_presence(frame.channel)
+        except (RedisError, OSError) as exc:
+            logger.warning("presence leave failed: %s", exc)
 
     async def publish(self, frame: protocol.Publish) -> None:
-        policy = policy_of(frame.channel)
-        if policy is None or not policy.client_publish or not policy.public:
-            return self.refuse(ErrorCode.FORBIDDEN, f"clients may not publish to {frame.channel!r}", frame.ref)
+        refusal = await get_authorizer().can_publish(self.identity, frame.channel)
+        if refusal is not None:
+            return self.refuse(refusal.code, refusal.message, frame.ref)
+        if not self._publishes.take():
+            return self.refuse(ErrorCode.RATE_LIMITED, "publishing too fast; slow down", frame.ref)
         try:
-            result = await apublish([frame.channel], frame.event, frame.data, sender=self.conn.user)
+            result = await apublish([frame.channel], frame.event, frame.data, sender=self.identity.user)
         except PublishError as exc:
-            code = ErrorCode.PAYLOAD_TOO_LARGE if exc.code == "payload_too_large" else exc.code
-            return self.refuse(code, exc.message, frame.ref)
+            return self.refuse(exc.code, exc.message, frame.ref)
         position = result.channels[frame.channel]
         self.conn.deliver(
             protocol.reply("published", frame.ref, channel=frame.channel, offset=position.offset, id=result.id)
         )
+
+    # -- presence --------------------------------------------------------------------------
+
+    async def _join_presence(self, channel: str) -> None:
+        policy = policy_of(channel)
+        if policy is None or not policy.presence:
+            return
+        user = self.identity.user or ""
+        self.conn.presence_channels.add(channel)
+        first = await get_presence().join(channel, user, self.conn.id)
+        if first and user and policy.presence_events:
+            await send_presence_frame(channel, protocol.reply("join", channel=channel, user=user))
+
+    async def _leave_presence(self, channel: str) -> None:
+        if channel not in self.conn.presence_channels:
+            return
+        self.conn.presence_channels.discard(channel)
+        user = self.identity.user or ""
+        await get_presence().leave(channel, user, self.conn.id)
+        policy = policy_of(channel)
+        if user and policy is not None and policy.presence_events:
+            asyncio.get_running_loop().create_task(_announce_leave(channel, user))
+
+
+async def _announce_leave(channel: str, user: str) -> None:
+    """After the debounce delay, announce the leave if the user has not come back."""
+    await asyncio.sleep(notifier_settings.PRESENCE_LEAVE_DELAY_SECS)
+    try:
+        if await get_presence().user_gone(channel, user):
+            await send_presence_frame(channel, protocol.reply("leave", channel=channel, user=user))
+    except (RedisError, OSError) as exc:
+        logger.warning("presence leave for %s failed: %s", channel, exc)

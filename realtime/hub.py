@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from .codes import CloseCode
 from .conf import notifier_settings
 from .connection import Connection
 from .history import History, Position, Slice, get_history
+from .presence import get_presence
 
 logger = logging.getLogger(__name__)
 
@@ -223,6 +225,7 @@ class Hub:
                     loop.create_task(self._receive_loop(name)),
                     loop.create_task(self._heartbeat_loop()),
                     loop.create_task(self._position_loop()),
+                    loop.create_task(self._presence_loop()),
                 ]
                 self._layer_channel = name
 
@@ -236,8 +239,11 @@ class Hub:
                 logger.warning("hub receive failed: %s", exc)
                 await asyncio.sleep(RECEIVE_RETRY_SECS)
                 continue
-            if message.get("type") == "hub.event":
+            kind = message.get("type")
+            if kind == "hub.event":
                 await self.on_event(message)
+            elif kind == "hub.presence":
+                self.on_presence(message)
 
     async def on_event(self, message: dict[str, Any]) -> None:
         """Deliver one event frame in order: fill a gap first, drop what was delivered."""
@@ -258,6 +264,13 @@ class Hub:
                 self.stats.gap_fills += 1
                 await self._fill(channel, state, upto=offset - 1)
             self._fan_out(state, offset, message["frame"])
+
+    def on_presence(self, message: dict[str, Any]) -> None:
+        """Join/leave frames have no offset: hand them to local subscribers as they come."""
+        state = self._channels.get(message["channel"])
+        if state is not None:
+            for conn in state.subscribers:
+                conn.deliver(message["frame"])
 
     async def _fill(self, channel: str, state: _Channel, upto: int) -> None:
         assert state.last is not None
@@ -321,13 +334,34 @@ class Hub:
             self.heartbeat()
 
     def heartbeat(self) -> None:
-        """Ping every socket; close those silent for two intervals."""
+        """Ping every socket; close those silent for two intervals, or whose token ran out."""
         deadline = 2 * self.heartbeat_secs
+        now = time.time()
+        grace = notifier_settings.TOKEN_GRACE_SECS
         for conn in list(self.connections):
             if conn.clock() - conn.last_seen > deadline:
                 conn.close(CloseCode.HEARTBEAT_MISSED)
+            elif conn.expires_at is not None and now > conn.expires_at + grace:
+                conn.close(CloseCode.TOKEN_EXPIRED)
+            elif conn.auth_deadline is not None and time.monotonic() > conn.auth_deadline:
+                conn.close(CloseCode.FORBIDDEN)
             else:
                 conn.deliver(PING_FRAME)
+
+    async def _presence_loop(self) -> None:
+        """Keep this process's presence and per-user connection entries from expiring."""
+        while True:
+            await asyncio.sleep(max(1.0, notifier_settings.PRESENCE_TTL_SECS / 3))
+            entries = [(ch, c.user or "", c.id) for c in self.connections for ch in c.presence_channels]
+            users = [(c.user, c.id) for c in self.connections if c.user is not None]
+            if not entries and not users:
+                continue
+            try:
+                await get_presence().refresh(entries, users)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Redis down: entries may lapse, then return
+                logger.warning("presence refresh failed: %s", exc)
 
     async def stop(self) -> None:
         for task in self._tasks:

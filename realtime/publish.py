@@ -197,3 +197,11 @@ def publish(
     return run_sync(
         apublish, channels, event, data, sender=sender, idempotency_key=idempotency_key, publisher=publisher
     )
+
+
+HUB_PRESENCE = "hub.presence"
+
+
+async def send_presence_frame(channel: str, frame: str) -> None:
+    """Send a join/leave frame to the channel's subscribers on every process (not in history)."""
+    await get_channel_layer().group_send(group_of(channel), {"type": HUB_PRESENCE, "channel": channel, "frame": frame})
