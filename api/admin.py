@@ -9,11 +9,11 @@ from .models import ApiKey
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["name", "prefix", "created_at", "revoked_at", "is_active"]
+    list_display = ["name", "prefix", "scopes", "channels", "created_at", "revoked_at", "is_active"]
     list_filter = ["revoked_at"]
     search_fields = ["name", "prefix"]
     readonly_fields = ["prefix", "created_at", "revoked_at"]
-    fields = ["name", "prefix", "created_at", "revoked_at"]
+    fields = ["name", "prefix", "scopes", "channels", "created_at", "revoked_at"]
     actions = ["revoke"]
 
     @admin.display(boolean=True)

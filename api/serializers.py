@@ -12,6 +12,7 @@ from realtime.conf import notifier_settings
 
 USER_ID_RE = re.compile(r"^[A-Za-z0-9_.\-@=]{1,64}$")
 MAX_IDEMPOTENCY_KEY_LENGTH = 128
+MAX_CHANNEL_PATTERN_LENGTH = 128
 
 
 class ChannelField(serializers.CharField):
@@ -108,3 +109,69 @@ class PositionSerializer(serializers.Serializer):
 class NotifyResponseSerializer(serializers.Serializer):
     id = serializers.CharField()
     channels = serializers.DictField(child=PositionSerializer())
+
+
+MAX_TOKEN_LIFETIME_SECS = 7 * 24 * 3600
+
+
+class TokenRequestSerializer(serializers.Serializer):
+    """A connection token for `user`, or with `channel` a subscription token for one private channel."""
+
+    user = UserIdField()
+    channels = serializers.ListField(
+        child=StrictCharField(max_length=MAX_CHANNEL_PATTERN_LENGTH), required=False, max_length=100
+    )
+    channel = ChannelField(required=False)
+    expires_in = serializers.IntegerField(required=False, default=3600, min_value=1, max_value=MAX_TOKEN_LIFETIME_SECS)
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise serializers.ValidationError({"non_field_errors": ["body must be a JSON object"]}, code="invalid")
+        unknown = sorted(set(data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError({name: ["unknown field"] for name in unknown}, code="invalid")
+        return super().to_internal_value(data)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if "channel" in attrs and "channels" in attrs:
+            raise serializers.ValidationError("give channels (a connection token) or channel (a subscription token)")
+        return attrs
+
+
+class TokenResponseSerializer(serializers.Serializer):
+    token = serializers.CharField()
+    expires_at = serializers.IntegerField(help_text="Unix time")
+
+
+class PresenceUserSerializer(serializers.Serializer):
+    user = serializers.CharField()
+    connections = serializers.IntegerField()
+
+
+class PresenceResponseSerializer(serializers.Serializer):
+    channel = serializers.CharField()
+    users = PresenceUserSerializer(many=True)
+    anonymous_connections = serializers.IntegerField()
+    total_connections = serializers.IntegerField()
+
+
+class HistoryResponseSerializer(serializers.Serializer):
+    channel = serializers.CharField()
+    offset = serializers.IntegerField()
+    epoch = serializers.CharField(allow_blank=True)
+    complete = serializers.BooleanField()
+    events = serializers.ListField(child=serializers.DictField())
+
+
+class ErrorSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    details = serializers.DictField()
+
+
+class BatchResultSerializer(serializers.Serializer):
+    results = serializers.ListField(child=serializers.DictField())
+
+
+class HealthSerializer(serializers.Serializer):
+    status = serializers.CharField()

@@ -7,6 +7,7 @@ BlockingConnectionPool waits for a free connection instead, so a burst queues ra
 from __future__ import annotations
 
 import asyncio
+import os
 import weakref
 
 from redis import asyncio as aioredis
@@ -29,6 +30,7 @@ def get_redis() -> aioredis.Redis:
             socket_timeout=notifier_settings.REDIS_SOCKET_TIMEOUT_SECS,
             socket_keepalive=True,
             health_check_interval=10,
+            client_name=f"notifier-{os.getpid()}",  # lets operators (and tests) tell processes apart
         )
         client = aioredis.Redis(connection_pool=pool)
         _clients[loop] = client

@@ -1,0 +1,24 @@
+"""What an API key may do: its scopes (publish, read, tokens) and its channel patterns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+
+from .authentication import Publisher
+
+
+class HasScope(BasePermission):
+    """The view's `required_scope` must be among the authenticated key's scopes."""
+
+    message = "this API key does not have the scope this endpoint needs"
+    code = "forbidden"
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        user = request.user
+        if not isinstance(user, Publisher):
+            return False
+        self.message = f"this API key lacks the {view.required_scope!r} scope"
+        return user.key.has_scope(view.required_scope)
