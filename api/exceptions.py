@@ -38,6 +38,7 @@ _CODES = {
     "not_authenticated": "missing_api_key",
     "authentication_failed": "invalid_api_key",
     "parse_error": "invalid_json",
+    "permission_denied": "forbidden",
     "invalid": "invalid",
 }
 

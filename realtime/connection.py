@@ -66,7 +66,7 @@ class Connection:
         if self.closed:
             return
         self.closed = True
-        self._close_code = code
+        self._close_code = int(code)  # plain int: autobahn (Daphne) refuses IntEnum codes
         if code == CloseCode.TOO_SLOW:
             # Drop the backlog, and stop waiting on a send the client is not reading.
             self._outbox.clear()

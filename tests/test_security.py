@@ -1,0 +1,341 @@
+"""Who may listen and publish, tried as an attacker would, through real servers and clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import websockets
+
+from .support import RedisServer, Server, manage, post_json, service_env
+from .wsclient import Client
+
+pytestmark = pytest.mark.integration
+
+SECRET = "test-jwt-secret-for-the-security-suite"
+NAMESPACES = {
+    "chat": {"client_publish": True, "presence_events": False},
+    "vault": {"public": False, "client_publish": True},
+}
+LIMITS = {
+    "NOTIFIER_JWT_SECRET": SECRET,
+    "NOTIFIER_NAMESPACES": json.dumps(NAMESPACES),
+    "NOTIFIER_HEARTBEAT_SECS": "1",
+    "NOTIFIER_TOKEN_GRACE_SECS": "1",
+    "NOTIFIER_MAX_CONNECTIONS_PER_USER": "3",
+    "NOTIFIER_MAX_SUBSCRIPTIONS_PER_CONNECTION": "5",
+    "NOTIFIER_CLIENT_PUBLISH_PER_SEC": "2",
+    "NOTIFIER_PUBLISH_RATE_PER_KEY": "100/m",
+}
+
+
+@pytest.fixture(scope="module")
+def server(redis_server: RedisServer, service_db: Path, workdir: Path) -> Iterator[Server]:
+    proc = Server(service_env(redis_server.url, service_db, **LIMITS), workdir)
+    yield proc
+    proc.stop()
+
+
+def token(user: str, expires_in: float = 600, secret: str = SECRET, **claims: Any) -> str:
+    return jwt.encode({"sub": user, "exp": int(time.time() + expires_in), **claims}, secret, algorithm="HS256")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+async def connect(server: Server, user: str | None = None, **claims: Any) -> Client:
+    url = server.ws if user is None else f"{server.ws}?token={token(user, **claims)}"
+    return await Client.connect(url)
+
+
+async def closed_with(url: str, first_frame: dict[str, Any] | None = None) -> int:
+    """Connect, optionally send a frame, answer pings, and return the close code the server ends with."""
+    async with websockets.connect(url) as ws:
+        if first_frame is not None:
+            await ws.recv()  # hello
+            await ws.send(json.dumps(first_frame))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 15))
+                if frame.get("type") == "ping":
+                    await ws.send('{"op": "pong"}')
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code
+
+
+def notify(server: Server, key: str, body: dict[str, Any]) -> dict[str, Any]:
+    status, answer = post_json(f"{server.http}/api/notify", body, key)
+    assert status == 202, answer
+    return answer
+
+
+def get_json(url: str, key: str | None) -> tuple[int, Any]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+# -- connection authentication ----------------------------------------------------------------
+
+
+async def test_token_in_query_or_first_frame_authenticates(server: Server) -> None:
+    by_query = await connect(server, unique("u"))
+    assert by_query.hello["user"] is not None
+    await by_query.close()
+    anonymous = await connect(server)
+    assert anonymous.hello["user"] is None
+    reply = await anonymous.request({"op": "auth", "token": token("alice-1"), "ref": 1})
+    assert reply == {"type": "authenticated", "user": "alice-1", "ref": 1}
+    again = await anonymous.request({"op": "auth", "token": token("mallory")})
+    assert again["code"] == "forbidden"  # no switching identity on an authenticated socket
+    await anonymous.close()
+
+
+@pytest.mark.parametrize(
+    ("label", "bad_token", "code"),
+    [
+        ("expired", lambda: token("42", expires_in=-60), 4001),
+        ("forged", lambda: token("42", secret="not-our-secret-but-just-as-long-as-ours"), 4500),
+        ("alg none", lambda: jwt.encode({"sub": "42", "exp": int(time.time()) + 600}, None, algorithm="none"), 4500),
+        ("garbage", lambda: "not.a.jwt", 4500),
+        ("no sub", lambda: jwt.encode({"exp": int(time.time()) + 600}, SECRET, algorithm="HS256"), 4500),
+        ("subscription token", lambda: token("42", channel="private:x"), 4500),
+    ],
+)
+async def test_bad_tokens_are_refused_with_the_documented_close_code(
+    server: Server, label: str, bad_token: Any, code: int
+) -> None:
+    assert await closed_with(f"{server.ws}?token={bad_token()}") == code, label
+    assert await closed_with(server.ws, {"op": "auth", "token": bad_token()}) == code, label
+
+
+async def test_session_cookie_authenticates(server: Server, service_db: Path) -> None:
+    script = (
+        "from django.contrib.auth.models import User; from django.contrib.sessions.backends.db import SessionStore; "
+        f"u = User.objects.create_user('{unique('alice')}'); s = SessionStore(); "
+        "s['_auth_user_id'] = str(u.pk); s['_auth_user_backend'] = 'django.contrib.auth.backends.ModelBackend'; "
+        "s['_auth_user_hash'] = u.get_session_auth_hash(); s.create(); print(u.pk, s.session_key)"
+    )
+    user_id, session_key = manage(service_env(None, service_db), "shell", "-c", script).strip().splitlines()[-1].split()
+    client = await Client.connect(server.ws, additional_headers={"Cookie": f"sessionid={session_key}"})
+    assert client.hello["user"] == user_id
+    await client.subscribe(f"user:{user_id}")
+    await client.close()
+    stranger = await Client.connect(server.ws, additional_headers={"Cookie": "sessionid=forged-session-key"})
+    assert stranger.hello["user"] is None
+    await stranger.close()
+
+
+async def test_a_token_expiring_while_connected_ends_the_connection_unless_refreshed(server: Server) -> None:
+    user = unique("exp")
+    short = f"{server.ws}?token={token(user, expires_in=1)}"
+    assert await closed_with(short) == 4001
+
+    refreshed = await Client.connect(short)
+    reply = await refreshed.request({"op": "refresh", "token": token(user, expires_in=600)})
+    assert reply == {"type": "authenticated", "user": user}
+    for _ in range(8):  # 4 s: past the old expiry + grace + a heartbeat, and still open
+        await asyncio.sleep(0.5)
+        assert (await refreshed.request({"op": "ping"}))["type"] == "pong"
+    stolen = await refreshed.request({"op": "refresh", "token": token("someone-else")})
+    assert stolen["code"] == "forbidden"
+    await refreshed.close()
+
+
+# -- channel policies -------------------------------------------------------------------------
+
+
+async def test_personal_channels_belong_to_their_user_only(server: Server, api_key: str) -> None:
+    alice, bob = unique("a"), unique("b")
+    owner = await connect(server, alice)
+    await owner.subscribe(f"user:{alice}")
+    intruder = await connect(server, bob)
+    anonymous = await connect(server)
+    for client in (intruder, anonymous):
+        refused = await client.request({"op": "subscribe", "channel": f"user:{alice}", "since": {"offset": 0}})
+        assert refused["type"] == "error" and refused["code"] == "forbidden"
+        refused = await client.request({"op": "publish", "channel": f"user:{alice}", "event": "x", "data": 1})
+        assert refused["code"] == "forbidden"
+    notify(server, api_key, {"user": alice, "event": "secret", "data": "for alice"})
+    (event,) = await owner.events(1)
+    assert event["data"] == "for alice"
+    assert await intruder.nothing_within(0.5) and await anonymous.nothing_within(0.1)
+    for client in (owner, intruder, anonymous):
+        await client.close()
+
+
+async def test_private_channels_need_a_claim_or_a_subscription_token(server: Server, api_key: str) -> None:
+    team = unique("private:team-")
+    claimed = await connect(server, "carol", channels=[team])
+    await claimed.subscribe(team)
+    pattern = await connect(server, "dave", channels=["private:team-*"])
+    await pattern.subscribe(team)
+    guesser = await connect(server, "eve")
+    assert (await guesser.request({"op": "subscribe", "channel": team}))["code"] == "forbidden"
+    assert (await guesser.request({"op": "subscribe", "channel": team + "x"}))["code"] == "forbidden"
+    wrong_user = token("mallory", channel=team)
+    assert (await guesser.request({"op": "subscribe", "channel": team, "token": wrong_user}))["code"] == "forbidden"
+    other_channel = token("eve", channel=team + "-other")
+    assert (await guesser.request({"op": "subscribe", "channel": team, "token": other_channel}))["code"] == "forbidden"
+    expired = token("eve", channel=team, expires_in=-60)
+    assert (await guesser.request({"op": "subscribe", "channel": team, "token": expired}))["code"] == "token_expired"
+    forged = token("eve", channel=team, secret="a-forged-secret-of-a-respectable-length")
+    assert (await guesser.request({"op": "subscribe", "channel": team, "token": forged}))["code"] == "invalid_token"
+
+    notify(server, api_key, {"channel": team, "event": "plans"})
+    for client in (claimed, pattern):
+        assert (await client.events(1))[0]["event"] == "plans"
+    assert await guesser.nothing_within(0.5)
+    granted = await guesser.request({"op": "subscribe", "channel": team, "token": token("eve", channel=team)})
+    assert granted["type"] == "subscribed"
+    for client in (claimed, pattern, guesser):
+        await client.close()
+
+
+async def test_client_publishing_only_where_the_namespace_allows_it(server: Server) -> None:
+    room, news = unique("chat:room-"), unique("news-")
+    alice, bob = await connect(server, "alice-chat"), await connect(server)
+    for client in (alice, bob):
+        await client.subscribe(room)
+    published = await alice.request(
+        {"op": "publish", "channel": room, "event": "message", "data": {"t": "hi"}, "ref": 5}
+    )
+    assert published["type"] == "published" and published["ref"] == 5 and published["offset"] == 1
+    for client in (alice, bob):
+        (event,) = await client.events(1)
+        assert event["data"] == {"t": "hi"} and event["sender"] == "alice-chat" and event["offset"] == 1
+    assert (await alice.request({"op": "publish", "channel": news, "event": "x"}))["code"] == "forbidden"
+    vault = unique("vault:")
+    assert (await bob.request({"op": "publish", "channel": vault, "event": "x"}))["code"] == "forbidden"
+    too_big = await alice.request({"op": "publish", "channel": room, "event": "x", "data": "y" * 70_000})
+    assert too_big["code"] == "frame_too_large"
+    await alice.close()
+    await bob.close()
+
+
+async def test_client_publishing_is_rate_limited_per_connection(server: Server) -> None:
+    room = unique("chat:rate-")
+    client = await connect(server)
+    for n in range(10):
+        await client.send({"op": "publish", "channel": room, "event": "spam", "data": n, "ref": n})
+    replies = []
+    while len([r for r in replies if r.get("ref") is not None]) < 10:
+        replies.append(await client.recv())
+    answers = [r for r in replies if r.get("ref") is not None]
+    assert {r["type"] for r in answers} == {"published", "error"}
+    assert all(r["code"] == "rate_limited" for r in answers if r["type"] == "error")
+    assert sum(r["type"] == "published" for r in answers) <= 5  # burst 4 plus what refilled meanwhile
+    await client.close()
+
+
+# -- limits ----------------------------------------------------------------------------------
+
+
+async def test_subscriptions_per_connection_are_limited(server: Server) -> None:
+    client = await connect(server)
+    for n in range(5):
+        await client.subscribe(unique(f"lim{n}-"))
+    assert (await client.request({"op": "subscribe", "channel": unique("one-more-")}))[
+        "code"
+    ] == "too_many_subscriptions"
+    await client.close()
+
+
+async def test_connections_per_user_are_limited(server: Server) -> None:
+    user = unique("busy")
+    clients = [await connect(server, user) for _ in range(3)]
+    assert await closed_with(f"{server.ws}?token={token(user)}") == 4503
+    await clients[0].close()
+    await asyncio.sleep(0.3)
+    clients.append(await connect(server, user))  # a slot was freed
+    for client in clients[1:]:
+        await client.close()
+
+
+async def test_a_frame_flood_is_refused_then_closed_as_abuse(server: Server) -> None:
+    async with websockets.connect(server.ws) as ws:
+        await ws.recv()
+        for _ in range(200):
+            await ws.send('{"op": "ping"}')
+        codes = []
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 15))
+                codes.append(frame.get("code"))
+    assert "rate_limited" in codes
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4502
+
+
+# -- API keys: scopes, patterns, rate, tokens --------------------------------------------------
+
+
+def make_key(service_db: Path, *args: str) -> str:
+    return manage(service_env(None, service_db), "create_api_key", unique("k"), *args).strip().splitlines()[-1]
+
+
+def test_key_scopes_and_channel_patterns(server: Server, service_db: Path) -> None:
+    orders_only = make_key(service_db, "--scope", "publish", "--channels", "orders.*")
+    url = f"{server.http}/api/notify"
+    assert post_json(url, {"channel": "orders.eu", "event": "x"}, orders_only)[0] == 202
+    status, body = post_json(url, {"channels": ["orders.eu", "billing"], "event": "x"}, orders_only)
+    assert (status, body["code"], body["details"]["channels"]) == (403, "forbidden", ["billing"])
+    assert post_json(url, {"user": "42", "event": "x"}, orders_only)[1]["code"] == "forbidden"
+    status, body = get_json(f"{server.http}/api/channels/orders.eu/history", orders_only)
+    assert (status, body["code"]) == (403, "forbidden")  # no read scope
+    assert post_json(f"{server.http}/api/tokens", {"user": "1"}, orders_only)[0] == 403  # no tokens scope
+
+    reader = make_key(service_db, "--scope", "read", "--channels", "orders.*")
+    assert get_json(f"{server.http}/api/channels/orders.eu/history", reader)[0] == 200
+    assert get_json(f"{server.http}/api/channels/private:x/history", reader)[0] == 403
+    assert post_json(url, {"channel": "orders.eu", "event": "x"}, reader)[0] == 403
+
+
+def test_publish_rate_per_key_answers_429_with_retry_after(server: Server, service_db: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    key = make_key(service_db)
+    events = {"events": [{"channel": unique("rate-"), "event": "x"}] * 100}
+    assert post_json(f"{server.http}/api/notify/batch", events, key)[0] == 202
+    request = urllib.request.Request(
+        f"{server.http}/api/notify",
+        data=json.dumps({"channel": "news", "event": "x"}).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)  # noqa: S310
+    assert refused.value.code == 429
+    assert json.loads(refused.value.read())["code"] == "throttled"
+    assert int(refused.value.headers["Retry-After"]) >= 0
+
+
+async def test_tokens_minted_by_the_api_work_and_respect_the_key(server: Server, service_db: Path) -> None:
+    key = make_key(service_db, "--scope", "tokens", "--channels", "private:team-1*", "--channels", "user:*")
+    status, minted = post_json(f"{server.http}/api/tokens", {"user": "77", "channels": ["private:team-1"]}, key)
+    assert status == 201 and minted["expires_at"] > time.time()
+    client = await Client.connect(f"{server.ws}?token={minted['token']}")
+    assert client.hello["user"] == "77"
+    await client.subscribe("private:team-1")
+    await client.subscribe("user:77")
+    status, sub = post_json(f"{server.http}/api/tokens", {"user": "77", "channel": "private:team-12"}, key)
+    assert status == 201
+    await client.subscribe("private:team-12", token=sub["token"])
+    await client.close()
+    status, body = post_json(f"{server.http}/api/tokens", {"user": "77", "channels": ["private:other"]}, key)
+    assert (status, body["code"]) == (403, "forbidden")
+    status, body = post_json(f"{server.http}/api/tokens", {"user": "77", "expires_in": 0}, key)
+    assert (status, body["code"]) == (400, "invalid")
