@@ -1,0 +1,129 @@
+"""Tokens, the authorizer hook and anonymous-connection rules, without a server process."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from typing import Any
+
+import jwt
+import pytest
+from channels.layers import channel_layers
+from channels.testing import WebsocketCommunicator
+
+from realtime.authorization import ChannelAuthorizer, Identity
+from realtime.codes import CloseCode
+from realtime.hub import get_hub
+from realtime.tokens import (
+    InvalidToken,
+    TokenExpired,
+    decode_connection_token,
+    decode_subscription_token,
+    mint_connection_token,
+    mint_subscription_token,
+)
+
+SECRET = "unit-test-secret-that-is-long-enough-for-hs256"
+
+
+@pytest.fixture(autouse=True)
+def jwt_secret(settings: Any) -> None:
+    settings.NOTIFIER = {**settings.NOTIFIER, "JWT_SECRET": SECRET}
+    channel_layers.backends.pop("default", None)
+
+
+def test_minted_tokens_round_trip() -> None:
+    token, expires_at = mint_connection_token("42", ["private:a*"], expires_in=60)
+    claims = decode_connection_token(token)
+    assert (claims.user, claims.expires_at) == ("42", expires_at)
+    assert claims.grants("private:abc") and not claims.grants("private:b")
+    sub_token, _ = mint_subscription_token("42", "private:x")
+    assert decode_subscription_token(sub_token).channel == "private:x"
+
+
+def test_a_non_python_backend_can_sign_its_own() -> None:
+    claims = {"sub": "7", "exp": int(time.time()) + 60, "channels": ["private:t"]}
+    assert decode_connection_token(jwt.encode(claims, SECRET, algorithm="HS256")).channels == ("private:t",)
+
+
+def hs512_with_our_secret() -> str:
+    with warnings.catch_warnings():  # PyJWT warns that this key is short for HS512
+        warnings.simplefilter("ignore")
+        return jwt.encode({"sub": "1", "exp": int(time.time()) + 60}, SECRET, algorithm="HS512")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        jwt.encode({"sub": "1", "exp": int(time.time()) + 60}, "another-secret-of-adequate-length-123456", "HS256"),
+        jwt.encode({"sub": "1", "exp": int(time.time()) + 60}, None, algorithm="none"),
+        hs512_with_our_secret(),
+        jwt.encode({"exp": int(time.time()) + 60}, SECRET, algorithm="HS256"),
+        jwt.encode({"sub": "1"}, SECRET, algorithm="HS256"),
+        jwt.encode({"sub": 1, "exp": int(time.time()) + 60}, SECRET, algorithm="HS256"),
+        jwt.encode({"sub": "1", "exp": int(time.time()) + 60, "channels": "private:x"}, SECRET, algorithm="HS256"),
+        "x" * 9000,
+        "",
+    ],
+)
+def test_invalid_connection_tokens(bad: str) -> None:
+    with pytest.raises(InvalidToken):
+        decode_connection_token(bad)
+
+
+def test_expired_tokens() -> None:
+    with pytest.raises(TokenExpired):
+        decode_connection_token(jwt.encode({"sub": "1", "exp": int(time.time()) - 60}, SECRET, algorithm="HS256"))
+
+
+def test_no_secret_means_no_tokens(settings: Any) -> None:
+    settings.NOTIFIER = {**settings.NOTIFIER, "JWT_SECRET": ""}
+    with pytest.raises(InvalidToken):
+        decode_connection_token("a.b.c")
+
+
+class StaffAuthorizer(ChannelAuthorizer):
+    """An override of the hook: Django staff may read every private channel."""
+
+    def has_private_access(self, identity: Identity, channel: str) -> bool:
+        return bool(identity.django_user is not None and identity.django_user.is_staff)
+
+
+class FakeUser:
+    is_staff = True
+
+
+async def test_the_permission_hook_can_grant_private_channels() -> None:
+    authorizer = StaffAuthorizer()
+    assert await authorizer.can_subscribe(Identity("1", django_user=FakeUser()), "private:ops") is None
+    refusal = await authorizer.can_subscribe(Identity("2"), "private:ops")
+    assert refusal is not None and refusal.code == "forbidden"
+    refusal = await ChannelAuthorizer().can_subscribe(Identity("1", django_user=FakeUser()), "private:ops")
+    assert refusal is not None  # the default hook grants nothing
+
+
+async def test_when_anonymous_is_off_sockets_must_authenticate(settings: Any) -> None:
+    from notifier.asgi import application
+
+    settings.NOTIFIER = {**settings.NOTIFIER, "ALLOW_ANONYMOUS": False, "HEARTBEAT_SECS": 1, "AUTH_TIMEOUT_SECS": 1}
+    ws = WebsocketCommunicator(application, "/ws/")
+    await ws.connect()
+    assert json.loads(await ws.receive_from(timeout=5))["user"] is None
+    await ws.send_json_to({"op": "subscribe", "channel": "news"})
+    assert json.loads(await ws.receive_from(timeout=5))["code"] == "forbidden"
+    frames = []
+    while (message := await ws.receive_output(timeout=10))["type"] != "websocket.close":
+        frames.append(message)
+    assert message["code"] == CloseCode.FORBIDDEN  # never authenticated within the timeout
+
+    ws = WebsocketCommunicator(application, "/ws/")
+    await ws.connect()
+    await ws.receive_from(timeout=5)
+    token, _ = mint_connection_token("9")
+    await ws.send_json_to({"op": "auth", "token": token})
+    assert json.loads(await ws.receive_from(timeout=5)) == {"type": "authenticated", "user": "9"}
+    await ws.send_json_to({"op": "subscribe", "channel": "news"})
+    assert json.loads(await ws.receive_from(timeout=5))["type"] == "subscribed"
+    await ws.disconnect()
+    await get_hub().stop()
