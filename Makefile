@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(JS)/node_modules/.installed: $(JS)/package.json $(JS)/package-lock.json
-	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error
+	cd $(JS) && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 # The embedded default: SQLite, in-process channel layer and history, eager Celery tasks.
@@ -31,7 +31,8 @@ run: install
 
 test: test-python test-js
 
-test-python: install
+# The JS client's end-to-end and browser tests run from pytest: they need node_modules too.
+test-python: install $(JS)/node_modules/.installed
 	env -u REDIS_URL -u DATABASE_URL $(BIN)/pytest
 
 test-js: $(JS)/node_modules/.installed

@@ -17,7 +17,7 @@ from realtime.origin import OriginMiddleware  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 from realtime.session import SessionAuthMiddleware  # noqa: E402
 
-http_app = ASGIStaticFilesHandler(django_http) if settings.EMBEDDED or settings.DEBUG else django_http
+http_app = ASGIStaticFilesHandler(django_http) if settings.SERVE_STATIC else django_http
 
 application = ProtocolTypeRouter(
     {

@@ -122,6 +122,9 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "/static/"
+# Serve /static/ (the JS client, admin assets) from the ASGI process itself. On by default in the
+# embedded mode and with DEBUG; behind a proxy, run collectstatic and let the proxy serve them.
+SERVE_STATIC = env_bool("NOTIFIER_SERVE_STATIC", EMBEDDED or DEBUG)
 STATIC_ROOT = Path(env_str("DJANGO_STATIC_ROOT", str(BASE_DIR / "staticfiles")))
 # The browser client (clients/js/notifier.js and its classic build) at /static/notifier.js.
 STATICFILES_FINDERS = [

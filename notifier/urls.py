@@ -2,11 +2,13 @@ from django.contrib import admin
 from django.urls import include, path
 
 from api.views import HealthView
+from notifier import demo
 
 urlpatterns = [
     path("api/", include("api.urls")),
     path("healthz", HealthView.as_view(), name="healthz"),
     path("admin/", admin.site.urls),
+    path("", include(demo.urlpatterns)),  # /demo/ and /demo/chat/<room>/
 ]
 
 handler400 = "api.exceptions.json_400"

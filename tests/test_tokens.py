@@ -50,26 +50,31 @@ def test_a_non_python_backend_can_sign_its_own() -> None:
 def hs512_with_our_secret() -> str:
     with warnings.catch_warnings():  # PyJWT warns that this key is short for HS512
         warnings.simplefilter("ignore")
-        return jwt.encode({"sub": "1", "exp": int(time.time()) + 60}, SECRET, algorithm="HS512")
+        return jwt.encode({"sub": "1", "exp": int(time.time()) + 600}, SECRET, algorithm="HS512")
+
+
+def signed(claims: dict[str, Any], key: str | None = SECRET, algorithm: str = "HS256") -> str:
+    return jwt.encode({"exp": int(time.time()) + 600, **claims}, key, algorithm=algorithm)
 
 
 @pytest.mark.parametrize(
-    "bad",
+    "make_bad",
     [
-        jwt.encode({"sub": "1", "exp": int(time.time()) + 60}, "another-secret-of-adequate-length-123456", "HS256"),
-        jwt.encode({"sub": "1", "exp": int(time.time()) + 60}, None, algorithm="none"),
-        hs512_with_our_secret(),
-        jwt.encode({"exp": int(time.time()) + 60}, SECRET, algorithm="HS256"),
-        jwt.encode({"sub": "1"}, SECRET, algorithm="HS256"),
-        jwt.encode({"sub": 1, "exp": int(time.time()) + 60}, SECRET, algorithm="HS256"),
-        jwt.encode({"sub": "1", "exp": int(time.time()) + 60, "channels": "private:x"}, SECRET, algorithm="HS256"),
-        "x" * 9000,
-        "",
+        lambda: signed({"sub": "1"}, "another-secret-of-adequate-length-123456"),
+        lambda: signed({"sub": "1"}, None, algorithm="none"),
+        hs512_with_our_secret,
+        lambda: jwt.encode({"exp": int(time.time()) + 600}, SECRET, algorithm="HS256"),
+        lambda: jwt.encode({"sub": "1"}, SECRET, algorithm="HS256"),
+        lambda: signed({"sub": 1}),
+        lambda: signed({"sub": "1", "channels": "private:x"}),
+        lambda: "x" * 9000,
+        lambda: "",
     ],
+    ids=["other secret", "alg none", "HS512", "no sub", "no exp", "int sub", "channels not a list", "huge", "empty"],
 )
-def test_invalid_connection_tokens(bad: str) -> None:
+def test_invalid_connection_tokens(make_bad: Any) -> None:
     with pytest.raises(InvalidToken):
-        decode_connection_token(bad)
+        decode_connection_token(make_bad())
 
 
 def test_expired_tokens() -> None:

@@ -61,7 +61,7 @@ function pythonEnum(source, name) {
   const members = {};
   for (const line of body.split("\n").slice(1)) {
     if (/^\S/.test(line)) break; // dedent: the class ended
-    const match = line.match(/^\s+([A-Z_]+)\s*=\s*(?:"([^"]*)"|(\d+))\s*$/);
+    const match = line.match(/^\s+([A-Z_]+)\s*=\s*(?:"([^"]*)"|(\d+))\s*(?:#.*)?$/); // a trailing comment is fine
     if (match) members[match[1]] = match[2] ?? Number(match[3]);
   }
   return members;
