@@ -168,6 +168,9 @@ else:
         }
     }
 
+# `/metrics` answers only `Authorization: Bearer <this>` when set.
+NOTIFIER_METRICS_TOKEN = env_str("NOTIFIER_METRICS_TOKEN", "")
+
 # The cache holds per-key publish-rate counters, so it must be shared by every process.
 CACHES = {
     "default": (

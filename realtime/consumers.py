@@ -17,7 +17,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.utils import await_many_dispatch
 from redis.exceptions import RedisError
 
-from . import protocol
+from . import metrics, protocol
 from .authorization import Identity, get_authorizer
 from .channels import policy_of
 from .codes import CloseCode, ErrorCode
@@ -80,6 +80,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
             self.conn.close(CloseCode.TRY_AGAIN_LATER)
             return
         self._set_identity(identity)
+        metrics.inc("notifier_connections_opened", transport="websocket")
         if identity.user is None and not notifier_settings.ALLOW_ANONYMOUS:
             self.conn.auth_deadline = time.monotonic() + notifier_settings.AUTH_TIMEOUT_SECS
         self.conn.deliver(
@@ -254,7 +255,9 @@ class NotifierConsumer(AsyncWebsocketConsumer):
         if not self._publishes.take():
             return self.refuse(ErrorCode.RATE_LIMITED, "publishing too fast; slow down", frame.ref)
         try:
-            result = await apublish([frame.channel], frame.event, frame.data, sender=self.identity.user)
+            result = await apublish(
+                [frame.channel], frame.event, frame.data, sender=self.identity.user, publisher="client"
+            )
         except PublishError as exc:
             return self.refuse(exc.code, exc.message, frame.ref)
         position = result.channels[frame.channel]

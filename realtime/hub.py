@@ -41,6 +41,19 @@ class HubStats:
     gap_fills: int = 0
     duplicates_dropped: int = 0
     position_fills: int = 0
+    _reported: dict[str, int] = field(default_factory=dict)
+
+    def take_deltas(self) -> dict[str, int]:
+        """Counts since the last call, named as metrics (realtime.metrics flushes them)."""
+        current = {
+            "notifier_frames_delivered": self.delivered,
+            "notifier_gap_fills": self.gap_fills,
+            "notifier_duplicates_dropped": self.duplicates_dropped,
+            "notifier_position_fills": self.position_fills,
+        }
+        deltas = {name: value - self._reported.get(name, 0) for name, value in current.items()}
+        self._reported = current
+        return {name: delta for name, delta in deltas.items() if delta}
 
 
 @dataclass
@@ -374,6 +387,11 @@ _LATEST = 1 << 62  # "after" this offset: read only the position, no frames
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
+
+
+def existing_hubs() -> list[Hub]:
+    """The hubs of this process (one per event loop; one in a server process)."""
+    return list(_hubs.values())
 
 
 def get_hub() -> Hub:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from channels.layers import get_channel_layer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from . import idempotency
+from . import idempotency, metrics
 from .bridge import run_sync
 from .channels import InvalidChannel, group_of, policy_of, validate_channel
 from .conf import notifier_settings
@@ -27,6 +28,7 @@ from .history import Append, Position, get_history
 logger = logging.getLogger(__name__)
 
 MAX_EVENT_NAME_LENGTH = 128
+SOURCES = {"celery", "client"}  # publisher names that are also metric sources; API keys are "key:<id>"
 HUB_EVENT = "hub.event"
 
 
@@ -119,6 +121,7 @@ async def apublish(
     With an `idempotency_key`, a repeat from the same `publisher` within the window returns the
     first answer and publishes nothing.
     """
+    started = time.perf_counter()
     targets = check_channels(channels)
     check_event_name(event)
     data_json = encode_data(data)
@@ -127,7 +130,9 @@ async def apublish(
         _append_item(channel, event_template(channel, event_id, event, data_json, ts, sender)) for channel in targets
     ]
     if idempotency_key is None:
-        return await _store_and_send(event_id, items)
+        result = await _store_and_send(event_id, items)
+        _count_publish(publisher, started)
+        return result
     store, key = idempotency.get_store(), idempotency.store_key(publisher, idempotency_key)
     try:
         claimed = await idempotency.claim(store, key)
@@ -147,7 +152,14 @@ async def apublish(
         await store.complete(key, dumps(result.as_dict()), notifier_settings.IDEMPOTENCY_WINDOW_SECS)
     except (RedisError, OSError) as exc:  # published all the same; a retry may publish again
         logger.warning("could not record idempotency key: %s", exc)
+    _count_publish(publisher, started)
     return result
+
+
+def _count_publish(publisher: str, started: float) -> None:
+    source = "api" if publisher.startswith("key:") else publisher if publisher in SOURCES else "internal"
+    metrics.inc("notifier_events_published", source=source)
+    metrics.observe_publish(time.perf_counter() - started)
 
 
 def _append_item(channel: str, template: FrameTemplate) -> Append:
@@ -180,6 +192,7 @@ async def _store_and_send(event_id: str, items: list[Append]) -> PublishResult:
                 await layer.group_send(group_of(item.channel), message)
     except (RedisError, OSError) as exc:
         logger.warning("publish failed: %s: %s", type(exc).__name__, exc)
+        metrics.inc("notifier_redis_errors", operation="publish")
         raise Unavailable("Redis is unavailable; the event was not published") from exc
     return PublishResult(event_id, {i.channel: r.position for i, r in zip(items, stored, strict=True)})
 

@@ -122,3 +122,12 @@ def test_a_body_over_the_upload_limit_is_413(client: APIClient, settings: Any) -
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
     response = client.post("/api/notify", {"channel": "a", "event": "e", "data": "x" * 2000}, format="json")
     assert response.status_code == 413 and response.json()["code"] == "payload_too_large"
+
+
+def test_metrics_and_readiness_in_the_embedded_mode(client: APIClient) -> None:
+    post(client, {"channel": "api.metrics", "event": "e"})
+    text = APIClient().get("/metrics").content.decode()
+    assert 'notifier_events_published_total{source="api"}' in text
+    assert "notifier_publish_latency_seconds_bucket" in text
+    ready = APIClient().get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"]["channel_layer"]["ok"] is True
