@@ -1,4 +1,5 @@
-"""ASGI entry point: HTTP through Django, WebSocket through the notifier consumer."""
+"""ASGI entry point: HTTP through Django (and /sse/ through the event-stream app), WebSocket
+through the notifier consumer."""
 
 from __future__ import annotations
 
@@ -12,12 +13,20 @@ django_http = get_asgi_application()  # sets Django up before the consumers are 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+from django.urls import path, re_path  # noqa: E402
 
 from realtime.origin import OriginMiddleware  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 from realtime.session import SessionAuthMiddleware  # noqa: E402
+from realtime.sse import ServerSentEventsApp  # noqa: E402
 
-http_app = ASGIStaticFilesHandler(django_http) if settings.SERVE_STATIC else django_http
+django_app = ASGIStaticFilesHandler(django_http) if settings.SERVE_STATIC else django_http
+http_app = URLRouter(
+    [
+        path("sse/", SessionAuthMiddleware(ServerSentEventsApp())),
+        re_path(r"", django_app),  # type: ignore[arg-type]  # an ASGI app, as Channels routes them
+    ]
+)
 
 application = ProtocolTypeRouter(
     {
