@@ -71,6 +71,9 @@ class NotifierConsumer(AsyncWebsocketConsumer):
         identity = self._identity_from_scope()
         if identity is None:
             return  # refused and closed
+        if self.hub.draining:  # shutting down: go elsewhere
+            self.conn.close(CloseCode.SHUTDOWN)
+            return
         try:
             await self.hub.add_connection(self.conn)
             if identity.user is not None and not await self._register(identity):

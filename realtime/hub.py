@@ -26,6 +26,7 @@ from .conf import notifier_settings
 from .connection import Connection
 from .history import History, Position, Slice, get_history
 from .presence import get_presence
+from .shutdown import install_drain_handler
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class Hub:
         self._layer_channel: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._started = asyncio.Lock()
+        self.draining = False  # SIGTERM received: new connections are turned away with 4000
 
     # -- connections -------------------------------------------------------------------------
 
@@ -241,6 +243,7 @@ class Hub:
                     loop.create_task(self._presence_loop()),
                 ]
                 self._layer_channel = name
+                install_drain_handler(self)
 
     async def _receive_loop(self, name: str) -> None:
         while True:
