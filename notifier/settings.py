@@ -278,15 +278,27 @@ NOTIFIER = {
 # anything larger is refused with 413 before it is parsed.
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_BATCH_EVENTS * (MAX_PAYLOAD_BYTES + 4096)
 
+LOG_FORMAT = env_str("NOTIFIER_LOG_FORMAT", "plain")  # "json": one JSON object per line
+if LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured(f"NOTIFIER_LOG_FORMAT={LOG_FORMAT!r}: use plain or json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"redact": {"()": "realtime.logs.RedactSecrets"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "realtime.logs.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["redact"]}},
     "root": {"handlers": ["console"], "level": env_str("NOTIFIER_LOG_LEVEL", "INFO")},
     "loggers": {
         # An access-log line per request/connection costs CPU on the hot path (DESIGN §8).
         "daphne.server": {"level": "WARNING"},
         "django.channels.server": {"level": "WARNING"},
+        # Uvicorn's own lines (it logs each WebSocket's URL, query string included) go through
+        # the same formatter and redaction as ours.
+        "uvicorn": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "uvicorn.error": {"level": "INFO"},
+        "uvicorn.access": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
 }

@@ -79,7 +79,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
             if identity.user is not None and not await self._register(identity):
                 return
         except (RedisError, OSError) as exc:
-            logger.warning("connection refused, Redis unavailable: %s", exc)
+            logger.warning("connection refused, Redis unavailable: %s", exc, extra=self.log_context)
             self.conn.close(CloseCode.TRY_AGAIN_LATER)
             return
         self._set_identity(identity)
@@ -107,7 +107,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
             if self.conn.user is not None:
                 await presence.unregister_connection(self.conn.user, self.conn.id)
         except (RedisError, OSError) as exc:  # entries expire on their own
-            logger.warning("presence cleanup failed: %s", exc)
+            logger.warning("presence cleanup failed: %s", exc, extra=self.log_context)
 
     def _identity_from_scope(self) -> Identity | None:
         """From `?token=` or the Django session; None when the token was refused (socket closed)."""
@@ -126,7 +126,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
         except TokenExpired:
             self.conn.close(CloseCode.TOKEN_EXPIRED)
         except InvalidToken as exc:
-            logger.info("connection %s: %s", self.conn.id, exc)
+            logger.info("token refused: %s", exc, extra=self.log_context)
             self.conn.close(CloseCode.INVALID_TOKEN)
         return None
 
@@ -139,6 +139,11 @@ class NotifierConsumer(AsyncWebsocketConsumer):
         self.conn.deliver(protocol.error_frame("too_many_connections", f"at most {limit} connections per user"))
         self.conn.close(CloseCode.TOO_MANY_CONNECTIONS)
         return False
+
+    @property
+    def log_context(self) -> dict[str, str | None]:
+        """Fields for structured logs: which connection, which user (never its token)."""
+        return {"connection": self.conn.id, "user": getattr(self.conn, "user", None)}
 
     def _set_identity(self, identity: Identity) -> None:
         self.identity = identity
@@ -238,7 +243,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
             await self.hub.subscribe(frame.channel, self.conn, frame.since, announce)
             await self._join_presence(frame.channel)
         except (RedisError, OSError) as exc:
-            logger.warning("subscribe to %s failed: %s", frame.channel, exc)
+            logger.warning("subscribe to %s failed: %s", frame.channel, exc, extra=self.log_context)
             self.refuse(ErrorCode.UNAVAILABLE, "the service is temporarily unavailable; retry", frame.ref)
 
     async def unsubscribe(self, frame: protocol.Unsubscribe) -> None:
@@ -249,7 +254,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
         try:
             await self._leave_presence(frame.channel)
         except (RedisError, OSError) as exc:
-            logger.warning("presence leave failed: %s", exc)
+            logger.warning("presence leave failed: %s", exc, extra=self.log_context)
 
     async def publish(self, frame: protocol.Publish) -> None:
         refusal = await get_authorizer().can_publish(self.identity, frame.channel)

@@ -90,6 +90,16 @@ def test_chat_page_is_on_the_chat_namespace(web: Client) -> None:
     assert_self_contained(html)
 
 
+def test_chat_page_lists_who_is_in_the_room_and_uses_the_demo_pages_token(web: Client) -> None:
+    chat = web.get("/demo/chat/lobby/").content.decode()
+    assert 'id="members"' in chat
+    assert "onPresence" in chat
+    # The token pasted on /demo/ is kept for the tab under one key, which the chat page reads.
+    key = 'const TOKEN_KEY = "notifier-demo:token";'
+    assert key in chat
+    assert key in web.get("/demo/").content.decode()
+
+
 def test_chat_room_names_are_channel_names(web: Client) -> None:
     assert web.get("/demo/chat/").status_code == 302
     assert web.get("/demo/chat/")["Location"] == "/demo/chat/lobby/"

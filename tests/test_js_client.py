@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -24,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 
 from .support import ROOT, RedisServer, Server, post_json, service_env
@@ -36,6 +38,8 @@ CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 SCRIPT_TIMEOUT_SECS = 120
 # Chat rooms publish from the browser (/demo/chat/); production enables it per namespace.
 CHAT_NAMESPACES = json.dumps({"chat": {"client_publish": True}})
+# Connection tokens are minted by the tests (PyJWT) and by the Node scripts with this secret.
+JWT_SECRET = "test-jwt-secret-for-the-js-client-tests"
 
 
 # -- prerequisites: fail (never skip) with the fix ---------------------------------------------
@@ -89,7 +93,13 @@ def chromium(node: str) -> Path:
 def server_env(redis_server: RedisServer, service_db: Path) -> dict[str, str]:
     # NOTIFIER_SERVE_STATIC serves /static/ from the finders in-process (notifier/asgi.py), as the
     # embedded mode does; production serves the collectstatic output from its proxy instead.
-    return service_env(redis_server.url, service_db, NOTIFIER_SERVE_STATIC="1", NOTIFIER_NAMESPACES=CHAT_NAMESPACES)
+    return service_env(
+        redis_server.url,
+        service_db,
+        NOTIFIER_SERVE_STATIC="1",
+        NOTIFIER_NAMESPACES=CHAT_NAMESPACES,
+        NOTIFIER_JWT_SECRET=JWT_SECRET,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +116,21 @@ def restartable(server_env: dict[str, str], workdir: Path) -> Iterator[list[Serv
     holder = [Server(server_env, workdir)]
     yield holder
     holder[0].stop()
+
+
+@pytest.fixture(scope="module")
+def strict_expiry(redis_server: RedisServer, service_db: Path, workdir: Path) -> Iterator[Server]:
+    """A server that ends a connection soon after its token expires: 1 s grace, checked every 1 s."""
+    env = service_env(
+        redis_server.url,
+        service_db,
+        NOTIFIER_JWT_SECRET=JWT_SECRET,
+        NOTIFIER_TOKEN_GRACE_SECS="1",
+        NOTIFIER_HEARTBEAT_SECS="1",
+    )
+    server = Server(env, workdir)
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +248,11 @@ def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:10]}"
 
 
+def mint_token(user: str, expires_in: int = 600) -> str:
+    """A connection token, as a backend signs it (README, "Security model")."""
+    return jwt.encode({"sub": user, "exp": int(time.time()) + expires_in}, JWT_SECRET, algorithm="HS256")
+
+
 def publish_range(server: Server, key: str, channel: str, first: int, last: int) -> None:
     for n in range(first, last + 1):
         status, answer = post_json(
@@ -304,6 +334,31 @@ def test_node_client_gets_every_event_once_in_order_across_a_server_restart(
     assert result["errors"] == [], result
 
 
+def test_node_client_refreshes_short_lived_tokens_and_stays_connected_past_their_expiry(
+    node: str, strict_expiry: Server, api_key: str, scripts: list[Script]
+) -> None:
+    """3 s tokens on a server that closes expired connections 1 s after `exp` (NOTIFIER_TOKEN_GRACE_SECS=1,
+    NOTIFIER_HEARTBEAT_SECS=1): the client refreshes them on its first connection and gets every
+    event; a client holding the same token as a string is closed with 4001."""
+    user = unique("refresh-")
+    script = run(
+        node,
+        scripts,
+        "refresh.mjs",
+        NOTIFIER_WS=strict_expiry.ws,
+        NOTIFIER_HTTP=strict_expiry.http,
+        NOTIFIER_API_KEY=api_key,
+        NOTIFIER_JWT_SECRET=JWT_SECRET,
+        E2E_USER=user,
+    )
+    result = script.result()
+    assert result["refreshes"] >= 3 and result["outlivedSecs"] > 3, result
+    assert result["count"] >= 10, result
+    assert result["sent"][0] == "auth" and set(result["sent"][1:]) == {"refresh"}, result
+    assert result["states"] == ["connecting", "connected", "closed"], result
+    assert result["controlErrors"] == [4001], result
+
+
 # -- Chromium ------------------------------------------------------------------------------------
 
 
@@ -335,6 +390,38 @@ def test_demo_page_in_chromium_shows_every_event_once_across_a_server_restart(
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000
     with capsys.disabled():
         print(f"\n  screenshot: {screenshot}")
+
+
+def test_demo_page_token_field_connects_as_the_user_and_the_chat_room_shows_who_is_in_it(
+    node: str,
+    chromium: Path,
+    publisher: Server,
+    api_key: str,
+    scripts: list[Script],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    user, other = unique("alice-"), unique("bob-")
+    script = run(
+        node,
+        scripts,
+        "browser-token.mjs",
+        NOTIFIER_HTTP=publisher.http,
+        NOTIFIER_API_KEY=api_key,
+        E2E_USER=user,
+        E2E_TOKEN=mint_token(user),
+        E2E_USER_B=other,
+        E2E_TOKEN_B=mint_token(other),
+        E2E_ROOM=unique("room-"),
+    )
+    result = script.result()
+    assert result["user"] == user
+    assert result["row"][1:] == [f"user:{user}", "#1", "account.updated", '{"text":"for you only"}']
+    assert result["members"] == sorted([user, other])
+    for path in result["screenshots"]:
+        assert Path(path).is_file() and Path(path).stat().st_size > 10_000
+    with capsys.disabled():
+        for path in result["screenshots"]:
+            print(f"\n  screenshot: {path}")
 
 
 def test_chat_room_in_two_chromium_tabs_on_the_embedded_server(

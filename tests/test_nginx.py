@@ -54,10 +54,14 @@ def proxy(redis_server: RedisServer, service_db: Path, workdir: Path) -> Iterato
     directory.mkdir()
     port = free_port()
     conf = directory / "nginx.conf"
-    conf.write_text(CONFIG.format(
-        dir=directory, port=port, locations=ROOT / "deploy/nginx/notifier-locations.conf",
-        servers="\n".join(f"server 127.0.0.1:{s.port};" for s in servers),
-    ))
+    conf.write_text(
+        CONFIG.format(
+            dir=directory,
+            port=port,
+            locations=ROOT / "deploy/nginx/notifier-locations.conf",
+            servers="\n".join(f"server 127.0.0.1:{s.port};" for s in servers),
+        )
+    )
     nginx = Process("nginx", [binary, "-c", str(conf), "-p", str(directory)], {}, directory / "stdout.log")
 
     def up() -> bool:
@@ -89,9 +93,7 @@ async def test_websockets_through_nginx(proxy: tuple[str, list[Server]], api_key
         await client.close()
 
 
-async def test_server_sent_events_through_nginx_are_not_buffered(
-    proxy: tuple[str, list[Server]], api_key: str
-) -> None:
+async def test_server_sent_events_through_nginx_are_not_buffered(proxy: tuple[str, list[Server]], api_key: str) -> None:
     address, _ = proxy
     channel = f"nginx.{uuid.uuid4().hex[:8]}"
     async with httpx.AsyncClient(timeout=30) as client:

@@ -1,6 +1,6 @@
 // GENERATED from notifier.js by build.mjs (`npm run build`): do not edit by hand.
 // The classic-script build of the notifier client. <script src=".../notifier.global.js">
-// defines window.Notifier = { State, CloseCodes, ErrorCodes, TRANSIENT_CLOSE_CODES, isTerminalClose, backoff, NotifierError, NotifierClient }.
+// defines window.Notifier = { State, CloseCodes, ErrorCodes, TRANSIENT_CLOSE_CODES, isTerminalClose, backoff, refreshDelay, NotifierError, NotifierClient }.
 (function (root) {
 "use strict";
 /**
@@ -51,12 +51,25 @@
 /** @typedef {{oldState: StateName, newState: StateName}} StateChange */
 
 /**
+ * A presence frame: `user` joined or left `channel` (namespaces with presence events, e.g. `chat:`).
+ * @typedef {{type: "join" | "leave", channel: string, user: string}} PresenceInfo
+ */
+
+/**
+ * The server accepted a token: the `auth` sent on connect (`refreshed: false`) or a `refresh`
+ * sent before the token expired (`refreshed: true`).
+ * @typedef {{user: string | null, refreshed: boolean}} AuthenticatedInfo
+ */
+
+/**
  * Payloads of the client's events, by event name.
  * @typedef {object} ClientEvents
  * @property {StateChange} state
  * @property {NotifierError} error
  * @property {SubscribedInfo} subscribed
  * @property {EventFrame} event
+ * @property {PresenceInfo} presence
+ * @property {AuthenticatedInfo} authenticated
  */
 
 /**
@@ -85,7 +98,8 @@
  * @typedef {object} NotifierOptions
  * @property {TokenValue | (() => TokenValue | Promise<TokenValue>)} [token]
  *   A connection token, or a (possibly async) function returning one; called before every
- *   (re)connect. Sent as the first frame (`{"op": "auth"}`), never in the URL.
+ *   (re)connect, and again before the token's `exp` to send `{"op": "refresh"}`. Sent as the
+ *   first frame (`{"op": "auth"}`), never in the URL.
  * @property {number} [minReconnectDelay] Milliseconds; the backoff's floor.
  * @property {number} [maxReconnectDelay] Milliseconds; the backoff's ceiling.
  * @property {WebSocketConstructor} [WebSocket] Defaults to `globalThis.WebSocket`.
@@ -103,9 +117,15 @@
  */
 
 /**
+ * @typedef {object} HandlerRecord
+ * @property {(event: EventFrame) => void} handler
+ * @property {((presence: PresenceInfo) => void) | undefined} onPresence
+ */
+
+/**
  * @typedef {object} ChannelEntry
  * @property {string} channel
- * @property {Set<{handler: (event: EventFrame) => void}>} handlers
+ * @property {Set<HandlerRecord>} handlers
  * @property {number | null} offset  last offset delivered (or the `since` to resume from)
  * @property {string | null} epoch
  * @property {"pending" | "subscribing" | "subscribed"} status  on the current socket
@@ -200,6 +220,61 @@ function backoff(step, min, max, random = Math.random) {
   return Math.min(ceiling, Math.floor(min + random() * window));
 }
 
+// Token refresh: this long before `exp` (at least 5 s, or 10% of the token's lifetime), but
+// never more than half the time left, so a short token is not refreshed in a tight loop.
+const REFRESH_MIN_LEAD_MS = 5_000;
+const REFRESH_LEAD_FRACTION = 0.1;
+// Never sooner than this after the token arrived, whatever the clocks say.
+const REFRESH_MIN_DELAY_MS = 1_000;
+// setTimeout's largest delay (about 24.8 days); longer waits are taken in steps.
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * Milliseconds after receiving `token` at which to refresh it, or `null` when there is no
+ * point: an opaque token (not a JWT with a numeric `exp`), or one that has already expired by
+ * this clock (the server then ends the connection with 4001 and the client reconnects with a
+ * new token). The refresh is due `max(5 s, 10% of the time left)` before `exp`, at most half
+ * the time left before it, and never less than 1 s from now. With an `iat` claim, the time left
+ * is also capped at `exp - iat`, which does not depend on this machine's clock.
+ * Pure: pass `now` to make it deterministic.
+ * @param {unknown} token
+ * @param {number} [now] milliseconds since the epoch, as `Date.now()`
+ * @returns {number | null}
+ */
+function refreshDelay(token, now = Date.now()) {
+  const claims = jwtClaims(token);
+  const exp = claims?.exp;
+  if (typeof exp !== "number" || !Number.isFinite(exp)) return null;
+  let left = exp * 1000 - now;
+  const iat = claims?.iat;
+  if (typeof iat === "number" && Number.isFinite(iat) && iat < exp) left = Math.min(left, (exp - iat) * 1000);
+  if (!(left > 0)) return null;
+  const lead = Math.min(Math.max(REFRESH_MIN_LEAD_MS, left * REFRESH_LEAD_FRACTION), left / 2);
+  return Math.max(REFRESH_MIN_DELAY_MS, Math.floor(left - lead));
+}
+
+/**
+ * The payload of a JWT (`header.payload.signature`, base64url), unverified: the client only
+ * reads `exp` to know when to refresh. `null` for anything else (opaque tokens are fine).
+ * @param {unknown} token
+ * @returns {Record<string, unknown> | null}
+ */
+function jwtClaims(token) {
+  if (typeof token !== "string") return null;
+  const parts = token.split(".");
+  if (parts.length !== 3 || !/^[A-Za-z0-9_-]+$/.test(parts[1])) return null;
+  try {
+    const base64 = parts[1].replace(/-/g, "+").replace(/_/g, "/");
+    const binary = atob(base64 + "=".repeat((4 - (base64.length % 4)) % 4));
+    const json =
+      typeof TextDecoder === "function" ? new TextDecoder().decode(Uint8Array.from(binary, (c) => c.charCodeAt(0))) : binary;
+    const claims = JSON.parse(json);
+    return claims && typeof claims === "object" && !Array.isArray(claims) ? claims : null;
+  } catch {
+    return null;
+  }
+}
+
 /** An error frame, a terminal close, or a client-side failure, with a stable `code`. */
 class NotifierError extends Error {
   /**
@@ -235,9 +310,6 @@ const NORMAL_CLOSURE = 1000;
 const DEFAULT_HEARTBEAT_TIMEOUT_MS = 50_000;
 // Error codes after which a subscribe is retried on the same connection rather than dropped.
 const RETRYABLE_SUBSCRIBE_ERRORS = /** @type {ReadonlySet<string>} */ (new Set([ErrorCodes.UNAVAILABLE, ErrorCodes.INTERNAL]));
-// Not in realtime/codes.py yet: accepted so a server that answers an expired `auth` token
-// with an error frame (rather than close 4001) gets the same treatment.
-const TOKEN_EXPIRED_ERROR = "token_expired";
 
 const DEFAULTS = Object.freeze({
   token: /** @type {NotifierOptions["token"]} */ (undefined),
@@ -281,6 +353,16 @@ class NotifierClient {
     this._nextRef = 1;
     /** @private @type {Ref | null} */
     this._authRef = null;
+    /** @private @type {TokenValue} the token of the current socket (`auth`, then each accepted `refresh`) */
+    this._currentToken = null;
+    /** @private @type {Ref | null} the `refresh` frame awaiting its answer */
+    this._refreshRef = null;
+    /** @private @type {TokenValue} the token sent with that frame */
+    this._refreshToken = null;
+    /** @private failed calls of the token function for the pending refresh */
+    this._refreshStep = 0;
+    /** @private @type {ReturnType<typeof setTimeout> | null} */
+    this._refreshTimer = null;
     /** @private reconnect attempts since the last stable connection */
     this._step = 0;
     /** @private bumped to invalidate a connect attempt still fetching its token */
@@ -326,7 +408,7 @@ class NotifierClient {
   }
 
   /**
-   * Listen to `state`, `error`, `subscribed` or `event`.
+   * Listen to `state`, `error`, `subscribed`, `event`, `presence` or `authenticated`.
    * @template {keyof ClientEvents} K
    * @param {K} name
    * @param {(payload: ClientEvents[K]) => void} fn
@@ -356,7 +438,9 @@ class NotifierClient {
    * subscription; `since` applies only to the first.
    * @param {string} channel
    * @param {(event: EventFrame) => void} handler
-   * @param {{since?: Position | null}} [options] resume after this position
+   * @param {{since?: Position | null, onPresence?: (presence: PresenceInfo) => void}} [options]
+   *   `since`: resume after this position; `onPresence`: called with the channel's `join` and
+   *   `leave` frames (namespaces with presence events)
    * @returns {Subscription}
    */
   subscribe(channel, handler, options = {}) {
@@ -378,7 +462,8 @@ class NotifierClient {
       this._channels.set(channel, entry);
       if (this._open) this._sendSubscribe(entry);
     }
-    const record = { handler };
+    /** @type {HandlerRecord} */
+    const record = { handler, onPresence: options.onPresence };
     entry.handlers.add(record);
     const current = entry;
     return { channel, unsubscribe: () => this._unsubscribe(current, record) };
@@ -457,6 +542,7 @@ class NotifierClient {
   _onOpen(token) {
     this._open = true;
     this._authRef = null;
+    this._currentToken = token;
     if (token) {
       // First frame, so the server has processed it before any subscribe (frames are in order).
       this._authRef = this._ref();
@@ -494,6 +580,12 @@ class NotifierClient {
     this._open = false;
     this._clearTimer("_watchdog");
     this._clearTimer("_stableTimer");
+    this._clearTimer("_refreshTimer");
+    this._authRef = null;
+    this._currentToken = null;
+    this._refreshRef = null;
+    this._refreshToken = null;
+    this._refreshStep = 0;
     for (const entry of this._channels.values()) {
       entry.status = "pending";
       entry.ref = null;
@@ -656,14 +748,16 @@ class NotifierClient {
       case "ping":
         return this._send({ op: "pong" });
       case "authenticated":
-        this.user = typeof frame.user === "string" ? frame.user : null;
-        return;
+        return this._onAuthenticated(frame);
       case "subscribed":
         return this._onSubscribed(frame);
       case "event":
         return this._onEvent(/** @type {EventFrame} */ (/** @type {unknown} */ (frame)));
       case "published":
         return this._onPublished(frame);
+      case "join":
+      case "leave":
+        return this._onPresence(frame);
       case "error":
         return this._onErrorFrame(frame);
       default:
@@ -738,6 +832,111 @@ class NotifierClient {
   }
 
   /**
+   * The answer to `auth` or `refresh`: schedule the next refresh from the accepted token's `exp`.
+   * @private
+   * @param {ServerFrame} frame
+   */
+  _onAuthenticated(frame) {
+    this.user = typeof frame.user === "string" ? frame.user : null;
+    const ref = frame.ref;
+    const refreshed = ref !== undefined && ref === this._refreshRef;
+    if (refreshed) {
+      this._currentToken = this._refreshToken;
+      this._refreshRef = null;
+      this._refreshToken = null;
+      this._scheduleRefresh(this._currentToken);
+    } else if (ref !== undefined && ref === this._authRef) {
+      this._scheduleRefresh(this._currentToken);
+    }
+    this._emit("authenticated", { user: this.user, refreshed });
+  }
+
+  /**
+   * @private
+   * @param {TokenValue} token
+   */
+  _scheduleRefresh(token) {
+    this._clearTimer("_refreshTimer");
+    this._refreshStep = 0;
+    if (typeof this._options.token !== "function") return; // a string cannot be renewed
+    const delay = refreshDelay(token);
+    if (delay !== null) this._armRefresh(Date.now() + delay);
+  }
+
+  /**
+   * @private
+   * @param {number} due Date.now() time of the refresh
+   */
+  _armRefresh(due) {
+    this._clearTimer("_refreshTimer");
+    this._refreshTimer = setTimeout(
+      () => {
+        this._refreshTimer = null;
+        if (Date.now() < due) this._armRefresh(due);
+        else this._refresh();
+      },
+      Math.min(MAX_TIMER_MS, Math.max(0, due - Date.now())),
+    );
+  }
+
+  /**
+   * Get a fresh token from the token function and send `{"op": "refresh"}` on this socket.
+   * @private
+   */
+  async _refresh() {
+    const socket = this._socket;
+    const source = this._options.token;
+    if (!socket || !this._open || typeof source !== "function") return;
+    /** @type {TokenValue} */
+    let token;
+    try {
+      token = await source();
+    } catch (cause) {
+      if (socket !== this._socket) return;
+      this._emitError(new NotifierError("token_unavailable", "the token function failed", { cause }));
+      const { minReconnectDelay, maxReconnectDelay } = this._options;
+      this._armRefresh(Date.now() + backoff(this._refreshStep++, minReconnectDelay, maxReconnectDelay));
+      return;
+    }
+    // No token: nothing to refresh with. The server ends the connection at expiry (4001) and
+    // the reconnect asks the token function again.
+    if (socket !== this._socket || !this._open || !token) return;
+    if (token === this._currentToken) {
+      // A cached token, not renewed yet: ask again later (half the time left, at least 1 s).
+      this._scheduleRefresh(token);
+      return;
+    }
+    this._refreshRef = this._ref();
+    this._refreshToken = token;
+    this._send({ op: "refresh", token, ref: this._refreshRef });
+  }
+
+  /**
+   * A `join` or `leave` frame, for the subscription's `onPresence` and the `presence` event.
+   * @private
+   * @param {ServerFrame} frame
+   */
+  _onPresence(frame) {
+    const entry = typeof frame.channel === "string" ? this._channels.get(frame.channel) : undefined;
+    if (!entry || entry.status === "pending") return;
+    /** @type {PresenceInfo} */
+    const presence = {
+      type: frame.type === "join" ? "join" : "leave",
+      channel: entry.channel,
+      user: typeof frame.user === "string" ? frame.user : "",
+    };
+    for (const record of [...entry.handlers]) {
+      if (!record.onPresence) continue;
+      try {
+        record.onPresence(presence);
+      } catch (cause) {
+        this._emitError(new NotifierError("handler_error", "an onPresence handler threw", { channel: entry.channel, cause }));
+      }
+    }
+    this._emit("presence", presence);
+  }
+
+  /**
    * @private
    * @param {ServerFrame} frame
    */
@@ -762,7 +961,17 @@ class NotifierClient {
       pending.reject(new NotifierError(code, message, { ref, frame }));
       return;
     }
-    if (code === TOKEN_EXPIRED_ERROR) {
+    if (ref !== undefined && ref === this._refreshRef) {
+      // token_expired, invalid_token, forbidden (another user), or a server without `refresh`:
+      // fall back to a new connection, which calls the token function again.
+      this._refreshRef = null;
+      this._refreshToken = null;
+      this._emitError(new NotifierError(code, `token refresh refused: ${message}`, { ref, frame }));
+      this._drop(CloseCodes.TOKEN_EXPIRED, "token refresh refused");
+      return;
+    }
+    // An unsolicited token_expired error frame is handled like close 4001.
+    if (code === ErrorCodes.TOKEN_EXPIRED) {
       this._drop(CloseCodes.TOKEN_EXPIRED, message);
       return;
     }
@@ -819,7 +1028,7 @@ class NotifierClient {
   /**
    * @private
    * @param {ChannelEntry} entry
-   * @param {{handler: (event: EventFrame) => void}} record
+   * @param {HandlerRecord} record
    */
   _unsubscribe(entry, record) {
     if (!entry.handlers.delete(record) || entry.handlers.size > 0) return;
@@ -959,7 +1168,7 @@ class NotifierClient {
 
   /**
    * @private
-   * @param {"_reconnectTimer" | "_stableTimer" | "_watchdog"} name
+   * @param {"_reconnectTimer" | "_stableTimer" | "_watchdog" | "_refreshTimer"} name
    */
   _clearTimer(name) {
     const timer = this[name];
@@ -986,5 +1195,5 @@ function stripUndefined(options) {
   return /** @type {Partial<T>} */ (Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)));
 }
 
-root.Notifier = Object.freeze({ State, CloseCodes, ErrorCodes, TRANSIENT_CLOSE_CODES, isTerminalClose, backoff, NotifierError, NotifierClient });
+root.Notifier = Object.freeze({ State, CloseCodes, ErrorCodes, TRANSIENT_CLOSE_CODES, isTerminalClose, backoff, refreshDelay, NotifierError, NotifierClient });
 })(globalThis);

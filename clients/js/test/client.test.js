@@ -2,11 +2,11 @@
 // Waits poll for a condition with a generous safety timeout; nothing asserts on timing.
 
 import assert from "node:assert/strict";
-import { test } from "node:test";
+import { describe, it, test } from "node:test";
 import { WebSocket } from "ws";
 
 import { NotifierClient, NotifierError } from "../notifier.js";
-import { FakeServer, nextEvent, settle, until } from "../testing/fake-server.js";
+import { FakeServer, fakeJwt, nextEvent, settle, until } from "../testing/fake-server.js";
 
 /**
  * A fake server and a client with short reconnect delays, both torn down after the test.
@@ -440,4 +440,202 @@ test("a refused auth (today's server: forbidden) is reported and public subscrip
   assert.equal(errors[0].code, "forbidden");
   assert.match(errors[0].message, /^authentication refused/);
   assert.equal(client.state, "connected");
+});
+
+// -- token refresh ---------------------------------------------------------------------------
+// Tokens that expire 2 s after they are made are refreshed 1 s after they arrive (half the time
+// left; see refreshDelay in codes.test.js). The waits below are generous safety nets.
+
+/** A token function returning JWTs for user 42 that expire `seconds` from now: t1, t2, ... */
+function shortTokens(seconds = 2) {
+  const issued = [];
+  const fn = () => {
+    const token = fakeJwt({ sub: "42", exp: Date.now() / 1000 + seconds, n: issued.length + 1 });
+    issued.push(token);
+    return token;
+  };
+  return { fn, issued };
+}
+
+// They run concurrently (each has its own fake server and client): each waits for real
+// refresh timers, of at least 1 s.
+describe("token refresh", { concurrency: true }, () => {
+  it("a token from a function is refreshed before its exp, on the same connection, again and again", async (t) => {
+    const tokens = shortTokens();
+    const authenticated = [];
+    const { server, client } = await setup(t, {
+      client: { token: tokens.fn },
+      listen: (client) => client.on("authenticated", (info) => authenticated.push(info)),
+    });
+    const got = [];
+    client.subscribe("news", (event) => got.push(event.offset));
+    await until(() => server.last?.refreshes.length >= 2, { timeout: 15_000, message: "two refreshes" });
+    server.publish("news", "a", 1);
+    await until(() => got.length === 1);
+    assert.equal(server.connections.length, 1);
+    assert.equal(client.state, "connected");
+    assert.deepEqual(server.last.frames.filter((f) => f.op === "auth").map((f) => f.token), [tokens.issued[0]]);
+    // Each refresh sends the token the function returned at that moment, with a ref.
+    assert.deepEqual(server.last.refreshes.slice(0, 2), tokens.issued.slice(1, 3));
+    const refreshFrames = server.last.frames.filter((f) => f.op === "refresh");
+    assert.ok(refreshFrames.every((f) => f.ref !== undefined));
+    assert.deepEqual(authenticated.slice(0, 3), [
+      { user: "42", refreshed: false },
+      { user: "42", refreshed: true },
+      { user: "42", refreshed: true },
+    ]);
+    assert.equal(client.user, "42");
+  });
+
+  it("a refused refresh (token_expired, invalid_token, forbidden) falls back to reconnecting with a fresh token", async (t) => {
+    const codes = ["token_expired", "invalid_token", "forbidden"];
+    const tokens = shortTokens();
+    const { server, client } = await setup(t, {
+      client: { token: tokens.fn },
+      server: {
+        onFrame: (conn, frame) => {
+          if (frame.op !== "refresh" || conn.index >= codes.length) return false;
+          conn.send({ type: "error", code: codes[conn.index], message: "refused", ref: frame.ref });
+          return true;
+        },
+      },
+    });
+    const errors = [];
+    client.on("error", (error) => errors.push(error));
+    const got = [];
+    client.subscribe("news", (event) => got.push(event.offset));
+    await nextEvent(client, "subscribed");
+    server.publish("news", "a", 1);
+    await until(() => got.length === 1);
+    await until(() => server.connections.length === 4 && server.last.refreshes.length === 1, {
+      timeout: 30_000,
+      message: "three refused refreshes, then a fourth connection whose refresh is accepted",
+    });
+    assert.deepEqual(errors.map((e) => e.code), codes);
+    assert.ok(errors.every((e) => /^token refresh refused/.test(e.message)));
+    for (const conn of server.connections.slice(0, 3)) {
+      await until(() => conn.closeCode !== undefined);
+      assert.equal(conn.closeCode, 4001); // closed by the client, as for an expired token
+    }
+    // Every connection authenticated with a token the function had just returned, never a stale one.
+    const authTokens = server.connections.map((conn) => conn.frames.find((f) => f.op === "auth").token);
+    assert.equal(new Set(authTokens).size, 4);
+    assert.ok(authTokens.every((token) => tokens.issued.includes(token)));
+    // ...and resumed its subscription where the previous one stopped.
+    for (const conn of server.connections.slice(1)) {
+      assert.deepEqual(conn.frames.find((f) => f.op === "subscribe").since, { offset: 1, epoch: "e1" });
+    }
+    server.publish("news", "b", 2);
+    await until(() => got.length === 2);
+    assert.deepEqual(got, [1, 2]);
+  });
+
+  it("a token function that fails at refresh time is reported and asked again", async (t) => {
+    let calls = 0;
+    const token = () => {
+      calls += 1;
+      if (calls === 2) throw new Error("token endpoint down");
+      return fakeJwt({ sub: "42", exp: Date.now() / 1000 + (calls === 1 ? 2 : 3600), n: calls });
+    };
+    const { server, client } = await setup(t, { client: { token } });
+    const error = await nextEvent(client, "error", () => true, { timeout: 15_000 });
+    assert.equal(error.code, "token_unavailable");
+    await until(() => server.last.refreshes.length === 1, { timeout: 15_000, message: "the retried refresh" });
+    assert.equal(calls, 3);
+    assert.equal(server.connections.length, 1);
+    assert.equal(client.state, "connected");
+  });
+
+  it("a token function that returns the token it gave before is asked again later, without sending it", async (t) => {
+    const cached = fakeJwt({ sub: "42", exp: Date.now() / 1000 + 2.5 });
+    const fresh = fakeJwt({ sub: "42", exp: Date.now() / 1000 + 3600 });
+    let calls = 0;
+    const { server, client } = await setup(t, { client: { token: () => (++calls <= 2 ? cached : fresh) } });
+    await until(() => server.last?.refreshes.length === 1, { timeout: 15_000, message: "the refresh with the renewed token" });
+    assert.equal(calls, 3);
+    assert.deepEqual(server.last.refreshes, [fresh]);
+    assert.equal(server.connections.length, 1);
+    assert.equal(client.state, "connected");
+  });
+
+  it("opaque tokens, static strings and tokens the function does not renew are not refreshed", async (t) => {
+    const opaque = await setup(t, { client: { token: () => "opaque-session-token" } });
+    const fixed = await setup(t, { client: { token: fakeJwt({ sub: "42", exp: Date.now() / 1000 + 2 }) } });
+    let calls = 0;
+    const nulls = await setup(t, {
+      client: { token: () => (++calls === 1 ? fakeJwt({ sub: "42", exp: Date.now() / 1000 + 2 }) : null) },
+    });
+    for (const { client } of [opaque, fixed, nulls]) await until(() => client.user === "42");
+    await until(() => calls === 2, { timeout: 15_000, message: "the token function asked at refresh time" });
+    await settle(1500); // longer than any refresh delay these tokens could get
+    for (const { server, client } of [opaque, fixed, nulls]) {
+      assert.equal(server.connections.length, 1);
+      assert.deepEqual(server.last.refreshes, []);
+      assert.equal(client.state, "connected");
+    }
+    assert.equal(calls, 2);
+  });
+
+  it("a refresh left unanswered when the connection drops does not carry over to the next one", async (t) => {
+    const tokens = shortTokens();
+    const { server, client } = await setup(t, {
+      client: { token: tokens.fn },
+      server: { onFrame: (conn, frame) => frame.op === "refresh" && conn.index === 0 }, // never answered
+    });
+    await until(() => server.connections[0]?.frames.some((f) => f.op === "refresh"), { timeout: 15_000, message: "a refresh" });
+    server.connections[0].drop();
+    await until(() => server.connections.length === 2 && client.state === "connected");
+    await until(() => server.last.refreshes.length === 1, { timeout: 15_000, message: "a refresh on the new connection" });
+    assert.equal(server.last.frames.find((f) => f.op === "auth").token, tokens.issued[2]);
+  });
+});
+
+// -- presence --------------------------------------------------------------------------------
+
+test("join and leave frames reach the presence event and the channel's onPresence handlers", async (t) => {
+  const { server, client } = await setup(t);
+  const all = [];
+  const lobby = [];
+  const other = [];
+  client.on("presence", (presence) => all.push(presence));
+  client.on("error", () => {});
+  client.subscribe("chat:lobby", () => {}, { onPresence: (p) => lobby.push(p) });
+  client.subscribe("chat:lobby", () => {}, {
+    onPresence: () => {
+      throw new Error("a broken handler does not stop the others");
+    },
+  });
+  client.subscribe("chat:other", () => {}, { onPresence: (p) => other.push(p) });
+  client.subscribe("news", () => {}); // no onPresence: fine
+  await until(() => server.last?.subscriptions.size === 3);
+  const handlerError = nextEvent(client, "error", (e) => e.code === "handler_error");
+  server.presence("chat:lobby", "join", "42");
+  server.presence("chat:other", "join", "7");
+  server.presence("chat:lobby", "leave", "43");
+  server.last.send({ type: "join", channel: "chat:elsewhere", user: "9" }); // not subscribed: ignored
+  await until(() => all.length === 3);
+  assert.deepEqual(all, [
+    { type: "join", channel: "chat:lobby", user: "42" },
+    { type: "join", channel: "chat:other", user: "7" },
+    { type: "leave", channel: "chat:lobby", user: "43" },
+  ]);
+  assert.deepEqual(lobby, [all[0], all[2]]);
+  assert.deepEqual(other, [all[1]]);
+  assert.equal((await handlerError).channel, "chat:lobby");
+});
+
+test("after unsubscribe, presence frames of that channel are no longer delivered", async (t) => {
+  const { server, client } = await setup(t);
+  const seen = [];
+  client.on("presence", (p) => seen.push(p.channel));
+  const sub = client.subscribe("chat:lobby", () => {}, { onPresence: (p) => seen.push(`sub:${p.channel}`) });
+  client.subscribe("chat:other", () => {});
+  await until(() => server.last?.subscriptions.size === 2);
+  sub.unsubscribe();
+  await until(() => server.last.subscriptions.size === 1);
+  server.last.send({ type: "join", channel: "chat:lobby", user: "42" }); // late, from before the unsubscribe
+  server.presence("chat:other", "join", "42");
+  await until(() => seen.length >= 1);
+  await settle(50);
+  assert.deepEqual(seen, ["chat:other"]);
 });

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
-import { backoff, CloseCodes, ErrorCodes, isTerminalClose, State, TRANSIENT_CLOSE_CODES } from "../notifier.js";
+import { backoff, CloseCodes, ErrorCodes, isTerminalClose, refreshDelay, State, TRANSIENT_CLOSE_CODES } from "../notifier.js";
 
 const CODES_PY = new URL("../../../realtime/codes.py", import.meta.url);
 
@@ -81,4 +81,69 @@ test("CloseCodes, ErrorCodes and TRANSIENT_CLOSE_CODES mirror realtime/codes.py"
   assert.equal(isTerminalClose(Number(terminal[1]) - 1), false);
   assert.equal(isTerminalClose(Number(terminal[2])), true);
   assert.equal(isTerminalClose(Number(terminal[2]) + 1), false);
+});
+
+// -- refreshDelay ------------------------------------------------------------------------------
+
+const jwt = (claims) =>
+  [{ alg: "HS256", typ: "JWT" }, claims].map((part) => Buffer.from(JSON.stringify(part)).toString("base64url")).join(".") + ".sig";
+
+test("refreshDelay: max(5 s, 10% of the time left) before exp", () => {
+  const now = 1_760_000_000_000;
+  const exp = (secs) => jwt({ sub: "42", exp: now / 1000 + secs });
+  assert.equal(refreshDelay(exp(3600), now), 3_240_000); // 1 h: 6 min before
+  assert.equal(refreshDelay(exp(60), now), 54_000); // 1 min: 6 s before
+  assert.equal(refreshDelay(exp(40), now), 35_000); // 40 s: 5 s before
+  assert.equal(refreshDelay(exp(20), now), 15_000);
+  assert.equal(refreshDelay(exp(6), now), 3_000); // short: half the time left
+  assert.equal(refreshDelay(exp(3), now), 1_500);
+  assert.equal(refreshDelay(exp(1), now), 1_000); // never sooner than 1 s
+  assert.equal(refreshDelay(exp(0.1), now), 1_000);
+  assert.equal(refreshDelay(exp(30 * 86400), now), Math.floor(30 * 86400 * 1000 * 0.9)); // beyond setTimeout's range
+});
+
+test("refreshDelay: the delay is always ahead and before exp, whatever the lifetime", () => {
+  const now = 1_760_000_000_000;
+  for (let secs = 2.001; secs < 1e7; secs *= 1.37) {
+    const delay = /** @type {number} */ (refreshDelay(jwt({ sub: "42", exp: now / 1000 + secs }), now));
+    assert.ok(delay >= 1000, `${secs}: ${delay}`);
+    assert.ok(delay < secs * 1000, `${secs}: ${delay} is past exp`);
+    assert.ok(secs * 1000 - delay >= Math.min(5000, (secs * 1000) / 2) - 1, `${secs}: ${delay} leaves too little`);
+  }
+});
+
+test("refreshDelay: iat bounds the time left, so a clock running behind does not delay the refresh", () => {
+  const now = 1_760_000_000_000;
+  const iat = now / 1000 + 600; // this machine's clock is 10 min behind the one that minted it
+  assert.equal(refreshDelay(jwt({ sub: "42", iat, exp: iat + 60 }), now), 54_000);
+  assert.equal(refreshDelay(jwt({ sub: "42", iat: now / 1000 - 30, exp: now / 1000 + 60 }), now), 54_000);
+});
+
+test("refreshDelay: null for opaque, malformed and already expired tokens", () => {
+  const now = 1_760_000_000_000;
+  for (const token of [
+    undefined,
+    null,
+    "",
+    "opaque-session-token",
+    "a.b",
+    "a.b.c.d",
+    "x.!!!.y",
+    `x.${Buffer.from("not json").toString("base64url")}.y`,
+    jwt({ sub: "42" }),
+    jwt({ sub: "42", exp: "soon" }),
+    jwt({ sub: "42", exp: null }),
+    `x.${Buffer.from("[1,2]").toString("base64url")}.y`,
+    jwt({ sub: "42", exp: now / 1000 - 1 }),
+    jwt({ sub: "42", exp: now / 1000 }),
+  ]) {
+    assert.equal(refreshDelay(token, now), null, String(token));
+  }
+});
+
+test("refreshDelay reads base64url payloads with non-ASCII claims", () => {
+  const now = 1_760_000_000_000;
+  const token = jwt({ sub: "zoë-✓", name: "?>?>", exp: now / 1000 + 60 });
+  assert.match(token.split(".")[1], /[-_]/); // base64url, not base64
+  assert.equal(refreshDelay(token, now), 54_000);
 });

@@ -1,6 +1,7 @@
 // An in-process fake of the notifier WebSocket server (DESIGN.md §5), built on `ws`, for the
 // client's unit tests. It keeps per-channel history (offsets from 1, one epoch), replays after
-// `since`, answers publish on `chat:` channels, and lets a test take over any frame.
+// `since`, answers publish on `chat:` channels, accepts `auth` and `refresh` (as user "42"),
+// sends presence frames on request, and lets a test take over any frame.
 // It lives outside test/ because `node --test test/` runs every .js file under test/.
 
 import { EventEmitter, once } from "node:events";
@@ -72,6 +73,15 @@ export class FakeServer extends EventEmitter {
     return frame;
   }
 
+  /** Send a presence frame (`join` or `leave`) to the channel's current subscribers. */
+  presence(name, type, user) {
+    const frame = { type, channel: name, user };
+    for (const conn of this.connections) {
+      if (conn.subscriptions.has(name)) conn.send(frame);
+    }
+    return frame;
+  }
+
   _accept(ws) {
     const conn = new Conn(ws, this.connections.length);
     this.connections.push(conn);
@@ -97,6 +107,10 @@ export class FakeServer extends EventEmitter {
     switch (frame.op) {
       case "auth":
         conn.token = frame.token;
+        return conn.send({ type: "authenticated", user: "42", ref });
+      case "refresh":
+        conn.token = frame.token;
+        conn.refreshes.push(frame.token);
         return conn.send({ type: "authenticated", user: "42", ref });
       case "subscribe": {
         const channel = this.channel(frame.channel);
@@ -143,8 +157,10 @@ export class Conn {
     this.frames = [];
     /** @type {Set<string>} */
     this.subscriptions = new Set();
-    /** @type {string | undefined} */
+    /** @type {string | undefined} the token of the last auth or refresh */
     this.token = undefined;
+    /** @type {string[]} tokens received with `refresh`, in order */
+    this.refreshes = [];
     /** @type {number | undefined} */
     this.closeCode = undefined;
   }
@@ -197,4 +213,14 @@ export function nextEvent(client, name, predicate = () => true, { timeout = 5000
 /** Let pending I/O and timers of `ms` run: used only to show that nothing more happens. */
 export function settle(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/**
+ * A JWT-shaped token with these claims and a dummy signature: the client reads `exp` without
+ * verifying anything, and the fake server accepts any token.
+ * @param {Record<string, unknown>} claims
+ */
+export function fakeJwt(claims) {
+  const part = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  return `${part({ alg: "HS256", typ: "JWT" })}.${part(claims)}.c2lnbmF0dXJl`;
 }
