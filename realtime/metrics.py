@@ -123,6 +123,29 @@ def _gauges() -> dict[str, int]:
     }
 
 
+def local_channel_counts() -> dict[str, int]:
+    """Subscribers per channel on this process's hubs."""
+    from .hub import existing_hubs
+
+    counts: dict[str, int] = defaultdict(int)
+    for hub in existing_hubs():
+        for channel in hub.joined_channels():
+            counts[channel] += hub.subscriber_count(channel)
+    return dict(counts)
+
+
+async def channel_counts() -> dict[str, int]:
+    """Subscribers per channel across every live process (refreshed each second)."""
+    if notifier_settings.embedded:
+        return local_channel_counts()
+    redis = get_redis()
+    totals: dict[str, int] = defaultdict(int)
+    async for key in redis.scan_iter(match=f"{notifier_settings.REDIS_PREFIX}:metrics:channels:*", count=1000):
+        for channel, count in (await redis.hgetall(key)).items():
+            totals[_text(channel)] += int(count)
+    return dict(totals)
+
+
 def _hub_counters() -> dict[str, int]:
     from .hub import existing_hubs
 
@@ -151,6 +174,12 @@ async def flush() -> None:
             gauges_key = gauges_prefix + process_id()
             pipe.hset(gauges_key, mapping=dict(_gauges()))  # type: ignore[arg-type]
             pipe.expire(gauges_key, GAUGE_TTL_SECS)
+            channels_key = f"{notifier_settings.REDIS_PREFIX}:metrics:channels:{process_id()}"
+            pipe.delete(channels_key)
+            counts = local_channel_counts()
+            if counts:
+                pipe.hset(channels_key, mapping=counts)  # type: ignore[arg-type]
+                pipe.expire(channels_key, GAUGE_TTL_SECS)
             await pipe.execute()
     except Exception:
         # Put the deltas back: they are flushed when Redis returns.
