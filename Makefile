@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 JS := clients/js
 
-.PHONY: install run test test-python test-js check bench clean
+.PHONY: install run run-prod test test-python test-js check bench clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,20 @@ run: install
 	@echo "Serving on http://$(HOST):$(PORT)  (WebSocket: ws://$(HOST):$(PORT)/ws/)"
 	$(BIN)/daphne -b $(HOST) -p $(PORT) notifier.asgi:application
 
+# The production shape on this machine (deploy/Procfile): Redis on 6380, two Uvicorn processes,
+# a Celery worker, nginx in front on http://127.0.0.1:8000. Stop with Ctrl-C.
+RUN_DIR := .run
+run-prod: export REDIS_URL = redis://127.0.0.1:6380/0
+run-prod: export DATABASE_URL = sqlite:///$(CURDIR)/$(RUN_DIR)/prod.sqlite3
+run-prod: export DJANGO_ALLOWED_HOSTS = 127.0.0.1,localhost
+run-prod: install
+	mkdir -p $(RUN_DIR)
+	test -s $(RUN_DIR)/secret || $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(50))' > $(RUN_DIR)/secret
+	DJANGO_SECRET_KEY=$$(cat $(RUN_DIR)/secret) $(BIN)/python manage.py migrate --verbosity 0
+	@echo "API key (kept in $(RUN_DIR)/api-key):"
+	@DJANGO_SECRET_KEY=$$(cat $(RUN_DIR)/secret) $(BIN)/python manage.py dev_api_key --file $(RUN_DIR)/api-key
+	DJANGO_SECRET_KEY=$$(cat $(RUN_DIR)/secret) $(BIN)/honcho -d . -f deploy/Procfile start
+
 test: test-python test-js
 
 # The JS client's end-to-end and browser tests run from pytest: they need node_modules too.
@@ -48,4 +62,4 @@ bench: install
 	$(BIN)/python bench/layers.py
 
 clean:
-	rm -rf $(VENV) $(JS)/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(JS)/node_modules .pytest_cache .mypy_cache .ruff_cache $(RUN_DIR)

@@ -299,6 +299,7 @@ LOGGING = {
         # the same formatter and redaction as ours.
         "uvicorn": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "uvicorn.error": {"level": "INFO"},
-        "uvicorn.access": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # Access lines cost CPU per request and carry query strings: off, whatever the flags say.
+        "uvicorn.access": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },
 }
