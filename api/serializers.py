@@ -54,7 +54,19 @@ class StrictCharField(serializers.CharField):
         return str(super().to_internal_value(data))
 
 
-class NotifyRequestSerializer(serializers.Serializer):
+class StrictObjectSerializer(serializers.Serializer):
+    """Refuses a body that is not a JSON object, or that has fields we do not know (typos)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise serializers.ValidationError({"non_field_errors": ["body must be a JSON object"]}, code="invalid")
+        unknown = sorted(set(data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError({name: ["unknown field"] for name in unknown}, code="invalid")
+        return super().to_internal_value(data)
+
+
+class NotifyRequestSerializer(StrictObjectSerializer):
     """One event: where it goes (channel/channels/user/users), its name and data."""
 
     channel = ChannelField(required=False)
@@ -64,14 +76,6 @@ class NotifyRequestSerializer(serializers.Serializer):
     event = StrictCharField(max_length=128)
     data = serializers.JSONField(required=False, allow_null=True, default=None)  # type: ignore[assignment]
     idempotency_key = StrictCharField(required=False, max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
-
-    def to_internal_value(self, data: Any) -> Any:
-        if not isinstance(data, dict):
-            raise serializers.ValidationError({"non_field_errors": ["body must be a JSON object"]}, code="invalid")
-        unknown = sorted(set(data) - set(self.fields))
-        if unknown:
-            raise serializers.ValidationError({name: ["unknown field"] for name in unknown}, code="invalid")
-        return super().to_internal_value(data)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         targets: list[str] = []
@@ -114,7 +118,7 @@ class NotifyResponseSerializer(serializers.Serializer):
 MAX_TOKEN_LIFETIME_SECS = 7 * 24 * 3600
 
 
-class TokenRequestSerializer(serializers.Serializer):
+class TokenRequestSerializer(StrictObjectSerializer):
     """A connection token for `user`, or with `channel` a subscription token for one private channel."""
 
     user = UserIdField()
@@ -123,14 +127,6 @@ class TokenRequestSerializer(serializers.Serializer):
     )
     channel = ChannelField(required=False)
     expires_in = serializers.IntegerField(required=False, default=3600, min_value=1, max_value=MAX_TOKEN_LIFETIME_SECS)
-
-    def to_internal_value(self, data: Any) -> Any:
-        if not isinstance(data, dict):
-            raise serializers.ValidationError({"non_field_errors": ["body must be a JSON object"]}, code="invalid")
-        unknown = sorted(set(data) - set(self.fields))
-        if unknown:
-            raise serializers.ValidationError({name: ["unknown field"] for name in unknown}, code="invalid")
-        return super().to_internal_value(data)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if "channel" in attrs and "channels" in attrs:

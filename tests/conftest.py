@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import RedisServer, manage, service_env
+from .support import RedisServer, Server, manage, service_env
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +33,13 @@ def service_db(workdir: Path) -> Path:
 def api_key(service_db: Path) -> str:
     out = manage(service_env(None, service_db), "create_api_key", "integration-tests")
     return out.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def servers(redis_server: RedisServer, service_db: Path, workdir: Path) -> Iterator[tuple[Server, Server]]:
+    """Two Daphne processes sharing the session's Redis (one pair per test module)."""
+    env = service_env(redis_server.url, service_db)
+    first, second = Server(env, workdir), Server(env, workdir)
+    yield first, second
+    first.stop()
+    second.stop()

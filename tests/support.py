@@ -268,3 +268,10 @@ def processes(*procs: Process) -> Iterator[None]:
     finally:
         for proc in procs:
             proc.stop()
+
+
+def notify(server: Server, key: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST /api/notify, which must be accepted; returns the answer."""
+    status, answer = post_json(f"{server.http}/api/notify", body, key)
+    assert status == 202, answer
+    return dict(answer)

@@ -10,7 +10,6 @@ import json
 import signal
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,29 +19,14 @@ import websockets
 from realtime.events import event_template
 from realtime.history import Append, RedisHistory
 
-from .support import RedisServer, Server, post_json, service_env
-from .wsclient import Client
+from .support import RedisServer, Server, notify, post_json, service_env
+from .wsclient import Client, follow
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def servers(redis_server: RedisServer, service_db: Path, workdir: Path) -> Iterator[tuple[Server, Server]]:
-    env = service_env(redis_server.url, service_db)
-    first, second = Server(env, workdir), Server(env, workdir)
-    yield first, second
-    first.stop()
-    second.stop()
-
-
 def channel_name() -> str:
     return f"rec.{uuid.uuid4().hex[:12]}"
-
-
-def notify(server: Server, key: str, body: dict[str, Any]) -> dict[str, Any]:
-    status, answer = post_json(f"{server.http}/api/notify", body, key)
-    assert status == 202, answer
-    return answer
 
 
 def batch(server: Server, key: str, events: list[dict[str, Any]]) -> None:
@@ -159,21 +143,11 @@ async def test_node_loss_clients_move_to_the_other_process_and_lose_nothing(
     channel, total = channel_name(), 300
     received: dict[int, list[dict[str, Any]]] = {n: [] for n in range(6)}
 
-    async def follow(n: int, first_url: str) -> None:
-        client = await Client.connect(first_url)
-        await client.subscribe(channel)
-        while len(received[n]) < total:
-            try:
-                received[n].extend(await client.events(1, timeout=30))
-            except websockets.ConnectionClosed:
-                last = received[n][-1] if received[n] else None
-                client = await Client.connect(survivor.ws)
-                since = {"offset": last["offset"], "epoch": last["epoch"]} if last else {"offset": 0, "epoch": ""}
-                assert (await client.subscribe(channel, since=since))["recovered"] is True
-        await client.close()
-
     try:
-        followers = [asyncio.create_task(follow(n, (doomed if n < 3 else survivor).ws)) for n in range(6)]
+        followers = [
+            asyncio.create_task(follow(channel, (doomed if n < 3 else survivor).ws, survivor.ws, total, received[n]))
+            for n in range(6)
+        ]
         await asyncio.sleep(0.5)  # everyone subscribed
 
         async def publish() -> None:

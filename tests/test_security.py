@@ -14,7 +14,7 @@ import jwt
 import pytest
 import websockets
 
-from .support import RedisServer, Server, manage, post_json, service_env
+from .support import RedisServer, Server, manage, notify, post_json, service_env
 from .wsclient import Client
 
 pytestmark = pytest.mark.integration
@@ -69,12 +69,6 @@ async def closed_with(url: str, first_frame: dict[str, Any] | None = None) -> in
                     await ws.send('{"op": "pong"}')
     assert closed.value.rcvd is not None
     return closed.value.rcvd.code
-
-
-def notify(server: Server, key: str, body: dict[str, Any]) -> dict[str, Any]:
-    status, answer = post_json(f"{server.http}/api/notify", body, key)
-    assert status == 202, answer
-    return answer
 
 
 def get_json(url: str, key: str | None) -> tuple[int, Any]:

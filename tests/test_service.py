@@ -4,34 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .support import RedisServer, Server, manage, post_json, service_env, wait_until
+from .support import RedisServer, Server, manage, notify, post_json, service_env, wait_until
 from .wsclient import Client
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def servers(redis_server: RedisServer, service_db: Path, workdir: Path) -> Iterator[tuple[Server, Server]]:
-    env = service_env(redis_server.url, service_db)
-    first, second = Server(env, workdir), Server(env, workdir)
-    yield first, second
-    first.stop()
-    second.stop()
-
-
 def channel_name() -> str:
     return f"test.{uuid.uuid4().hex[:12]}"
-
-
-def notify(server: Server, key: str, body: dict) -> dict:
-    status, answer = post_json(f"{server.http}/api/notify", body, key)
-    assert status == 202, answer
-    return answer
 
 
 async def test_post_reaches_every_subscriber_and_no_one_else(servers: tuple[Server, Server], api_key: str) -> None:

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import websockets
 
 from .support import RedisServer, Server, post_json, service_env
-from .wsclient import Client
+from .wsclient import follow
 
 pytestmark = pytest.mark.integration
 
@@ -27,23 +26,13 @@ async def test_sigterm_closes_with_4000_and_clients_recover_elsewhere(
     received: dict[int, list[dict[str, Any]]] = {n: [] for n in range(4)}
     close_codes: list[int] = []
 
-    async def follow(n: int, first_url: str) -> None:
-        client = await Client.connect(first_url)
-        await client.subscribe(channel)
-        while len(received[n]) < total:
-            try:
-                received[n].extend(await client.events(1, timeout=30))
-            except websockets.ConnectionClosed as closed:
-                assert closed.rcvd is not None
-                close_codes.append(closed.rcvd.code)
-                last = received[n][-1] if received[n] else None
-                client = await Client.connect(staying.ws)
-                since = {"offset": last["offset"], "epoch": last["epoch"]} if last else {"offset": 0, "epoch": ""}
-                assert (await client.subscribe(channel, since=since))["recovered"] is True
-        await client.close()
-
     try:
-        followers = [asyncio.create_task(follow(n, (leaving if n < 2 else staying).ws)) for n in range(4)]
+        followers = [
+            asyncio.create_task(
+                follow(channel, (leaving if n < 2 else staying).ws, staying.ws, total, received[n], close_codes)
+            )
+            for n in range(4)
+        ]
         await asyncio.sleep(0.5)
         for start in range(0, total, 10):
             events = [{"channel": channel, "event": "tick", "data": n} for n in range(start, start + 10)]

@@ -14,7 +14,7 @@ import httpx
 import jwt
 import pytest
 
-from .support import RedisServer, Server, post_json, service_env
+from .support import RedisServer, Server, notify, service_env
 
 pytestmark = pytest.mark.integration
 
@@ -76,11 +76,6 @@ async def open_stream(  # an async generator: anext() opens, aclose() closes
         assert response.status_code == 200, await response.aread()
         assert response.headers["content-type"].startswith("text/event-stream")
         yield Stream(response)
-
-
-def notify(server: Server, key: str, body: dict[str, Any]) -> None:
-    status, answer = post_json(f"{server.http}/api/notify", body, key)
-    assert status == 202, answer
 
 
 async def test_events_arrive_and_last_event_id_resumes_exactly_once(server: Server, api_key: str) -> None:

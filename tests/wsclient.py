@@ -57,3 +57,28 @@ class Client:
 
     async def close(self) -> None:
         await self.ws.close()
+
+
+async def follow(
+    channel: str,
+    first_url: str,
+    failover_url: str,
+    total: int,
+    received: list[dict[str, Any]],
+    close_codes: list[int] | None = None,
+) -> None:
+    """Receive `total` events of `channel`; when the server goes away, resume on `failover_url`
+    from the last offset received, as a real client would. Close codes seen go to `close_codes`."""
+    client = await Client.connect(first_url)
+    await client.subscribe(channel)
+    while len(received) < total:
+        try:
+            received.extend(await client.events(1, timeout=30))
+        except websockets.ConnectionClosed as closed:
+            if close_codes is not None and closed.rcvd is not None:
+                close_codes.append(closed.rcvd.code)
+            last = received[-1] if received else None
+            client = await Client.connect(failover_url)
+            since = {"offset": last["offset"], "epoch": last["epoch"]} if last else {"offset": 0, "epoch": ""}
+            assert (await client.subscribe(channel, since=since))["recovered"] is True
+    await client.close()
