@@ -96,6 +96,11 @@ class NotifierConsumer(AsyncWebsocketConsumer):
             )
         )
 
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        # Channels' version also closes old DB connections in a thread; we hold none.
+        await self.disconnect(message.get("code", 1000))
+        raise StopConsumer()
+
     async def disconnect(self, code: int) -> None:
         if not hasattr(self, "conn"):
             return

@@ -66,7 +66,13 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
+        """A client for the test itself; use it as a context manager so its socket is closed."""
         return redis.Redis(port=self.port, socket_timeout=5)
+
+    def command(self, *args: str) -> object:
+        """Run one command on a short-lived connection."""
+        with self.client() as client:
+            return client.execute_command(*args)
 
     def start(self) -> None:
         log_path = self.workdir / f"redis-{self.port}.log"
@@ -93,7 +99,7 @@ class RedisServer:
 
         def up() -> bool:
             try:
-                return bool(self.client().ping())
+                return bool(self.command("PING"))
             except redis.RedisError:
                 assert self.proc is not None
                 if self.proc.poll() is not None:

@@ -10,6 +10,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
+from django.db import connections
 from django.test import Client
 
 from api.models import ApiKey
@@ -71,3 +72,5 @@ async def test_live_channels_view(staff: Client) -> None:
     assert "shown-in-admin" in page
     await ws.disconnect()
     await get_hub().stop()
+    # The admin request ran in asgiref's thread; close its database connection there.
+    await sync_to_async(connections.close_all)()

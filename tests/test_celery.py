@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from .wsclient import Client
 pytestmark = pytest.mark.integration
 
 TASKS = 1000
+WARM_UP = 300
 
 # Runs in a separate interpreter from "/", with only celery importable: a foreign service.
 SENDER = """
@@ -75,24 +77,27 @@ async def test_redis_clients_stay_flat_over_a_thousand_tasks(
     channel = f"celery.{uuid.uuid4().hex[:8]}"
     client = await Client.connect(server.ws)
     await client.subscribe(channel)
-    redis = redis_server.client()
-
     server_name = f"notifier-{server.proc.pid}"
 
     def worker_side_clients() -> int:
         """Every Redis client but the server process's own (its pool may grow with its load)."""
-        return sum(1 for c in redis.client_list() if c["name"] != server_name and c["cmd"] != "client|list")
+        with redis_server.client() as redis:
+            return sum(1 for c in redis.client_list() if c["name"] != server_name and c["cmd"] != "client|list")
 
-    send_tasks(redis_server.url, channel, 0, 50)  # warm up: every worker process has connected
-    await client.events(50, timeout=60)
+    # Warm up until each worker process has its steady connections (publishing, and the
+    # once-a-second metrics flush that may overlap a publish), then count.
+    send_tasks(redis_server.url, channel, 0, WARM_UP)
+    await client.events(WARM_UP, timeout=60)
+    await asyncio.sleep(2.5)
     before = worker_side_clients()
 
-    send_tasks(redis_server.url, channel, 50, TASKS)
+    send_tasks(redis_server.url, channel, WARM_UP, TASKS)
     events = await client.events(TASKS, timeout=120)
+    await asyncio.sleep(2.5)
     after = worker_side_clients()
 
-    assert sorted(e["data"]["n"] for e in events) == list(range(50, 50 + TASKS))
-    assert [e["offset"] for e in events] == list(range(51, 51 + TASKS))
+    assert sorted(e["data"]["n"] for e in events) == list(range(WARM_UP, WARM_UP + TASKS))
+    assert [e["offset"] for e in events] == list(range(WARM_UP + 1, WARM_UP + 1 + TASKS))
     print(f"redis clients: {before} before, {after} after {TASKS} tasks")
     assert after <= before, f"Redis client count grew from {before} to {after} over {TASKS} tasks"
     assert "Task notifier.notify" in worker.log()

@@ -99,7 +99,7 @@ async def test_memory_history_expires_with_a_new_epoch() -> None:
 async def test_redis_flush_starts_a_new_epoch(redis_settings: RedisServer) -> None:
     history = RedisHistory("flush")
     first = (await history.append([item("f", 1)]))[0].position
-    redis_settings.client().flushall()
+    redis_settings.command("FLUSHALL")
     again = (await history.append([item("f", 2)]))[0].position
     assert again.offset == 1 and again.epoch != first.epoch
 
@@ -107,5 +107,5 @@ async def test_redis_flush_starts_a_new_epoch(redis_settings: RedisServer) -> No
 async def test_redis_history_sets_ttl(redis_settings: RedisServer) -> None:
     history = RedisHistory("ttl")
     await history.append([item("g", 1, ttl=30)])
-    client = redis_settings.client()
-    assert 0 < client.ttl("ttl:h:g:log") <= 30 and 0 < client.ttl("ttl:h:g:meta") <= 30
+    with redis_settings.client() as client:
+        assert 0 < client.ttl("ttl:h:g:log") <= 30 and 0 < client.ttl("ttl:h:g:meta") <= 30

@@ -57,7 +57,7 @@ async def test_readyz_follows_redis(service_db: Path, workdir: Path, tmp_path: P
             assert time.monotonic() < deadline, get_json(f"{server.http}/readyz", None)
             time.sleep(0.3)
 
-        redis_server.client().config_set("maxmemory-policy", "allkeys-lru")
+        redis_server.command("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
         status, body = get_json(f"{server.http}/readyz", None)
         assert (status, body["details"]["failing"]) == (503, ["redis_policy"])
         assert "noeviction" in body["details"]["checks"]["redis_policy"]["message"]

@@ -181,7 +181,7 @@ async def test_lost_history_is_reported_as_not_recovered(
         (before,) = await client.events(1)
         await client.close()
 
-        redis_server.client().flushall()
+        redis_server.command("FLUSHALL")
         after = notify(server, api_key, {"channel": channel, "event": "after-flush"})
         assert after["channels"][channel]["epoch"] != before["epoch"]
 

@@ -99,6 +99,7 @@ class FakeUser:
     is_staff = True
 
 
+@pytest.mark.django_db  # the hook runs through database_sync_to_async: it may use the ORM
 async def test_the_permission_hook_can_grant_private_channels() -> None:
     authorizer = StaffAuthorizer()
     assert await authorizer.can_subscribe(Identity("1", django_user=FakeUser()), "private:ops") is None

@@ -1,0 +1,55 @@
+"""`make bench` at a tiny scale: every scenario runs end to end and loses or duplicates nothing.
+
+Correctness only: no timing is asserted (the numbers of a smoke run mean nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.integration
+
+EXPECTED = {
+    "ceiling": ["Node ws broadcast server", "Node http server"],
+    "fanout": ["raw ASGI", "notifier (uvicorn, 1 process)"],
+    "scaling": ["notifier, 1 process", "notifier, 2 processes"],
+    "latency": ["raw ASGI", "notifier (uvicorn)"],
+    "memory": ["raw ASGI", "notifier (uvicorn)"],
+    "publish": ["raw ASGI POST", "POST /api/notify,", "POST /api/notify/batch"],
+    "celery": ["1 worker"],
+    "recovery": ["sockets resubscribe"],
+    "servers": ["production", "permessage-deflate", "daphne"],
+}
+
+
+@pytest.mark.timeout(180)
+def test_every_scenario_runs_and_loses_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, "bench/run.py", "--smoke", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert run.returncode == 0, f"bench failed:\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
+    report = json.loads(out.read_text())
+    assert report["failures"] == []
+    rows = report["rows"]
+    for scenario, setups in EXPECTED.items():
+        found = [r["setup"] for r in rows if r["scenario"] == scenario]
+        for setup in setups:
+            assert any(setup in f for f in found), f"no {scenario!r} row for {setup!r} in {found}"
+    for row in rows:
+        if row["lost"] is not None:
+            assert (row["lost"], row["duplicated"]) == (0, 0), row
+    # The printed table has the same rows, and a target column.
+    table = [line for line in run.stdout.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| scenario | setup | result |") and len(table) == len(rows) + 1
