@@ -58,8 +58,10 @@ check: install $(JS)/node_modules/.installed
 	$(BIN)/mypy .
 	cd $(JS) && npm run typecheck
 
+# Benchmarks (docs/benchmarks.md): its own Redis, Uvicorn, Celery and a Node load generator, about
+# 10 minutes. Pick with BENCH=fanout,latency,... SUBSCRIBERS=1000,10000 REPEAT=3, or SMOKE=1.
 bench: install
-	$(BIN)/python bench/layers.py
+	$(BIN)/python bench/run.py $(if $(SMOKE),--smoke) --only "$(BENCH)" --subscribers "$(SUBSCRIBERS)" --repeat "$(or $(REPEAT),1)"
 
 clean:
 	rm -rf $(VENV) $(JS)/node_modules .pytest_cache .mypy_cache .ruff_cache $(RUN_DIR)

@@ -15,6 +15,7 @@ from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.urls import path, re_path  # noqa: E402
 
+from api.fast import FastPublishApp  # noqa: E402
 from realtime.origin import OriginMiddleware  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 from realtime.session import SessionAuthMiddleware  # noqa: E402
@@ -30,7 +31,7 @@ http_app = URLRouter(
 
 application = ProtocolTypeRouter(
     {
-        "http": http_app,
+        "http": FastPublishApp(http_app),  # POST /api/notify(/batch): api/fast.py; the rest: Django
         "websocket": OriginMiddleware(SessionAuthMiddleware(URLRouter(websocket_urlpatterns))),
     }
 )

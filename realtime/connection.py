@@ -1,9 +1,22 @@
 """One WebSocket connection as the hub sees it: a bounded outbox drained by a short-lived writer.
 
 Every frame for a socket (replies and events alike) goes through `deliver()`, so a socket's
-frames keep their order, and the hub never waits on a slow socket. A writer task exists only
-while frames are pending. A socket whose outbox overflows is closed with 4002 (too slow): the
-client reconnects and recovers from history instead of growing this process's memory.
+frames keep their order, and the hub never waits on a slow socket. A socket whose outbox
+overflows is closed with 4002 (too slow): the client reconnects and recovers from history
+instead of growing this process's memory.
+
+Two ways to write, chosen per socket when it is created:
+
+- Direct (Uvicorn's `websockets-sansio` protocol, no compression negotiated): the frame's
+  WebSocket bytes are built once per event for all sockets (a server frame is unmasked, so the
+  bytes are the same for everyone), queued, and written to the transport once per event-loop
+  turn for each socket that has something pending: one `transport.write` for however many
+  events arrived in that turn, and no task. When the transport pushes back (its buffer is over
+  the high-water mark, Uvicorn clears `writable`), a writer task waits for it to drain while
+  the outbox keeps filling up to its bound. Closing still goes through the ASGI `send`, after
+  the queued frames, so Uvicorn's close handshake and timers are its own.
+- Any other ASGI `send` (Daphne, Uvicorn's other WebSocket backends, compression, SSE, tests):
+  a writer task exists only while frames are pending and awaits `send` for each.
 """
 
 from __future__ import annotations
@@ -12,10 +25,11 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import deque
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from . import metrics
 from .codes import CloseCode
 
 logger = logging.getLogger(__name__)
@@ -24,6 +38,84 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 OUTBOX_MAX_FRAMES = 1000
 OUTBOX_MAX_BYTES = 8 * 1024 * 1024
+
+try:  # the direct path needs Uvicorn's sans-I/O protocol; without it every socket uses `send`
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol as _SansIO
+    from websockets.protocol import State as _WsState
+
+    _OPEN: Any = _WsState.OPEN
+except ImportError:  # pragma: no cover - uvicorn is a dependency
+    _SansIO = None  # type: ignore[assignment,misc]
+    _OPEN = None
+
+
+def _direct_protocol(send: Send) -> Any:
+    """Uvicorn's sans-I/O protocol behind `send`, when frames may be written to it directly."""
+    if _SansIO is None:
+        return None
+    proto = getattr(send, "__self__", None)
+    if type(proto) is not _SansIO or getattr(send, "__func__", None) is not _SansIO.send:
+        return None
+    if not proto.handshake_complete or proto.initial_response is not None or proto.conn.extensions:
+        return None  # not accepted yet, refused, or compressed (permessage-deflate): use `send`
+    return proto
+
+
+_last_text: str | None = None
+_last_wire: bytes = b""
+
+
+def wire_frame(text: str) -> bytes:
+    """The bytes of an unmasked, unfragmented WebSocket text frame (RFC 6455 §5.2).
+
+    A fan-out hands the same `str` object to every socket, so the last one is remembered and
+    encoded once per event, not once per socket.
+    """
+    global _last_text, _last_wire
+    if text is _last_text:
+        return _last_wire
+    payload = text.encode()
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 65536:
+        header = b"\x81\x7e" + size.to_bytes(2, "big")
+    else:
+        header = b"\x81\x7f" + size.to_bytes(8, "big")
+    _last_text, _last_wire = text, header + payload
+    return _last_wire
+
+
+class _Flusher:
+    """Writes each direct socket's pending frames once per event-loop turn."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.dirty: list[Connection] = []
+        self.scheduled = False
+
+    def add(self, conn: Connection) -> None:
+        self.dirty.append(conn)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        dirty, self.dirty = self.dirty, []
+        for conn in dirty:
+            conn._flush()
+
+
+_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = weakref.WeakKeyDictionary()
+
+
+def _flusher() -> _Flusher:
+    loop = asyncio.get_running_loop()
+    flusher = _flushers.get(loop)
+    if flusher is None:
+        flusher = _flushers[loop] = _Flusher(loop)
+    return flusher
 
 
 class Connection:
@@ -40,10 +132,15 @@ class Connection:
         self.last_seen = clock()
         self.closed = False
         self._send = send
-        self._outbox: deque[str] = deque()
+        # A list, not a deque: cleared, it frees its items' array, and an idle socket's outbox
+        # is empty almost all the time (an emptied deque keeps a 600-byte block per socket).
+        self._outbox: list[Any] = []
         self._outbox_bytes = 0
         self._writer: asyncio.Task[None] | None = None
         self._close_code: int | None = None
+        self._proto = _direct_protocol(send)
+        self._flusher = _flusher() if self._proto is not None else None
+        self._dirty = False
 
     def touch(self) -> None:
         """Record that the client sent something (any frame proves it is alive)."""
@@ -53,13 +150,31 @@ class Connection:
         """Queue a text frame; never blocks. Overflow closes the socket as too slow."""
         if self.closed:
             return
-        self._outbox.append(frame)
-        self._outbox_bytes += len(frame)
-        if len(self._outbox) > OUTBOX_MAX_FRAMES or self._outbox_bytes > OUTBOX_MAX_BYTES:
-            logger.info("connection %s too slow: %d frames pending", self.id, len(self._outbox))
+        outbox = self._outbox
+        if self._proto is not None:
+            wire = wire_frame(frame)
+            outbox.append(wire)
+            self._outbox_bytes += len(wire)
+        else:
+            outbox.append(frame)
+            self._outbox_bytes += len(frame)
+        if len(outbox) > OUTBOX_MAX_FRAMES or self._outbox_bytes > OUTBOX_MAX_BYTES:
+            if self._proto is not None and self._writer is None and self._proto.writable.is_set():
+                # Not a slow client, a burst larger than the outbox within one turn (a replay of
+                # history): hand it to the transport now. A client that does not read makes the
+                # transport push back, and then the outbox fills up again and overflows.
+                self._write_now()
+                return
+            logger.info("connection %s too slow: %d frames pending", self.id, len(outbox))
+            metrics.inc("notifier_slow_consumer_disconnects")
             self.close(CloseCode.TOO_SLOW)
             return
-        self._ensure_writer()
+        if self._flusher is not None:
+            if not self._dirty and self._writer is None:
+                self._dirty = True
+                self._flusher.add(self)
+        else:
+            self._ensure_writer()
 
     def close(self, code: int) -> None:
         """Close after the frames already queued (unless closing for being too slow)."""
@@ -69,23 +184,77 @@ class Connection:
         self._close_code = int(code)  # plain int: autobahn (Daphne) refuses IntEnum codes
         if code == CloseCode.TOO_SLOW:
             # Drop the backlog, and stop waiting on a send the client is not reading.
-            self._outbox.clear()
-            self._outbox_bytes = 0
+            self._clear()
             if self._writer is not None:
                 self._writer.cancel()
                 self._writer = None
         self._ensure_writer()
 
+    def _clear(self) -> None:
+        self._outbox.clear()
+        self._outbox_bytes = 0
+
     def _ensure_writer(self) -> None:
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write())
 
+    # -- the direct path -------------------------------------------------------------------
+
+    def _writable(self) -> bool:
+        """Whether bytes may still go to this socket; False once it is closing or gone."""
+        proto = self._proto
+        return not (
+            proto.close_sent or proto.disconnected or proto.conn.state is not _OPEN or proto.transport.is_closing()
+        )
+
+    def _flush(self) -> None:
+        """Write everything pending in one call (the flusher calls this once per loop turn)."""
+        self._dirty = False
+        self._write_now()
+
+    def _write_now(self) -> None:
+        outbox = self._outbox
+        if self._writer is not None or not outbox:
+            return
+        if not self._writable():
+            self.closed = True
+            self._clear()
+            return
+        if not self._proto.writable.is_set():  # the transport pushes back: wait in a task
+            self._ensure_writer()
+            return
+        data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+        outbox.clear()
+        self._outbox_bytes = 0
+        self._proto.transport.write(data)
+
+    async def _write_direct(self) -> None:
+        proto = self._proto
+        outbox = self._outbox
+        while outbox:
+            if not proto.writable.is_set():
+                await proto.writable.wait()
+            if not self._writable():
+                self.closed = True
+                self._clear()
+                return
+            data = b"".join(outbox)
+            outbox.clear()
+            self._outbox_bytes = 0
+            proto.transport.write(data)
+
+    # -- the writer task -------------------------------------------------------------------
+
     async def _write(self) -> None:
         try:
-            while self._outbox:
-                frame = self._outbox.popleft()
-                self._outbox_bytes -= len(frame)
-                await self._send({"type": "websocket.send", "text": frame})
+            outbox = self._outbox
+            if self._proto is not None:
+                await self._write_direct()
+            else:
+                while outbox:
+                    frame = outbox.pop(0)  # at most OUTBOX_MAX_FRAMES: cheap enough off the direct path
+                    self._outbox_bytes -= len(frame)
+                    await self._send({"type": "websocket.send", "text": frame})
             if self._close_code is not None:
                 await self._send({"type": "websocket.close", "code": self._close_code})
         except asyncio.CancelledError:
@@ -93,7 +262,7 @@ class Connection:
         except Exception as exc:  # noqa: BLE001 - a socket closing mid-send is expected (DESIGN §8)
             logger.debug("connection %s: send failed: %s", self.id, exc)
             self.closed = True
-            self._outbox.clear()
+            self._clear()
         finally:
             if self._writer is asyncio.current_task():
                 self._writer = None
@@ -103,8 +272,7 @@ class Connection:
     def discard(self) -> None:
         """The socket is gone: drop pending frames and stop writing."""
         self.closed = True
-        self._outbox.clear()
-        self._outbox_bytes = 0
+        self._clear()
         if self._writer is not None:
             self._writer.cancel()
             self._writer = None

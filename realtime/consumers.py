@@ -14,7 +14,6 @@ from urllib.parse import parse_qs
 
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.utils import await_many_dispatch
 from redis.exceptions import RedisError
 
 from . import metrics, protocol
@@ -47,7 +46,8 @@ class NotifierConsumer(AsyncWebsocketConsumer):
         self.channel_layer = None
         self.base_send = send
         try:
-            await await_many_dispatch([receive], self.dispatch)
+            while True:  # one source of messages: no need for await_many_dispatch's task per socket
+                await self.dispatch(await receive())
         except StopConsumer:
             pass
 

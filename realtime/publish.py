@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from channels.layers import get_channel_layer
+from channels_redis.pubsub import RedisPubSubChannelLayer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
@@ -195,6 +196,144 @@ async def _store_and_send(event_id: str, items: list[Append]) -> PublishResult:
         metrics.inc("notifier_redis_errors", operation="publish")
         raise Unavailable("Redis is unavailable; the event was not published") from exc
     return PublishResult(event_id, {i.channel: r.position for i, r in zip(items, stored, strict=True)})
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    """One event of `apublish_many`: the arguments of `apublish`."""
+
+    channels: Sequence[str]
+    event: str
+    data: Any = None
+    sender: str | None = None
+    idempotency_key: str | None = None
+    publisher: str = "internal"
+
+
+async def apublish_many(requests: Sequence[PublishRequest]) -> list[PublishResult | PublishError]:
+    """Publish several events, each with `apublish`'s semantics, in request order.
+
+    Consecutive events without an idempotency key are stored in one history round trip and
+    sent in one pipelined round trip, so their offsets follow the request order; an event with
+    a key goes through `apublish` on its own (claim, publish, record). Each entry of the answer
+    is the event's result or its own PublishError (a refusal, or Unavailable when Redis failed).
+    """
+    answers: list[PublishResult | PublishError | None] = [None] * len(requests)
+    run: list[tuple[int, str, list[Append], float]] = []  # (index, event id, appends, started)
+
+    async def flush() -> None:
+        if not run:
+            return
+        try:
+            results = await _store_and_send_many([(event_id, items) for _, event_id, items, _ in run])
+        except Unavailable as exc:
+            for index, *_ in run:
+                answers[index] = exc
+        else:
+            for (index, _, _, started), result in zip(run, results, strict=True):
+                answers[index] = result
+                _count_publish(requests[index].publisher, started)
+        run.clear()
+
+    for index, request in enumerate(requests):
+        if request.idempotency_key is not None:
+            await flush()
+            try:
+                answers[index] = await apublish(
+                    request.channels,
+                    request.event,
+                    request.data,
+                    sender=request.sender,
+                    idempotency_key=request.idempotency_key,
+                    publisher=request.publisher,
+                )
+            except PublishError as exc:
+                answers[index] = exc
+            continue
+        started = time.perf_counter()
+        try:
+            targets = check_channels(request.channels)
+            check_event_name(request.event)
+            data_json = encode_data(request.data)
+        except PublishError as exc:
+            answers[index] = exc
+            continue
+        event_id, ts = new_event_id(), now()
+        items = [
+            _append_item(channel, event_template(channel, event_id, request.event, data_json, ts, request.sender))
+            for channel in targets
+        ]
+        run.append((index, event_id, items, started))
+    await flush()
+    assert all(answer is not None for answer in answers)
+    return answers  # type: ignore[return-value]
+
+
+async def _store_and_send_many(events: list[tuple[str, list[Append]]]) -> list[PublishResult]:
+    """`_store_and_send` for several events: one history round trip, one pipelined send."""
+    layer = get_channel_layer()
+    items = [item for _, appends in events for item in appends]
+    try:
+        stored = await get_history().append(items)
+        messages = [
+            (
+                group_of(item.channel),
+                {
+                    "type": HUB_EVENT,
+                    "channel": item.channel,
+                    "offset": record.position.offset,
+                    "epoch": record.position.epoch,
+                    "frame": record.frame,
+                },
+            )
+            for item, record in zip(items, stored, strict=True)
+        ]
+        await _group_send_many(layer, messages)
+    except (RedisError, OSError) as exc:
+        logger.warning("publish failed: %s: %s", type(exc).__name__, exc)
+        metrics.inc("notifier_redis_errors", operation="publish")
+        raise Unavailable("Redis is unavailable; the event was not published") from exc
+    results, position = [], 0
+    for event_id, appends in events:
+        records = stored[position : position + len(appends)]
+        position += len(appends)
+        results.append(PublishResult(event_id, {i.channel: r.position for i, r in zip(appends, records, strict=True)}))
+    return results
+
+
+async def _group_send_many(layer: Any, messages: list[tuple[str, dict[str, Any]]]) -> None:
+    """group_send each message; on the Redis pub/sub layer, as one pipeline per Redis shard.
+
+    `RedisPubSubChannelLayer.group_send` takes a lock and waits for each PUBLISH in turn. The
+    pipeline publishes to the same pub/sub channels, serialized by the same layer, on the same
+    connection (under the same lock), in order.
+    """
+    loop_layer = layer._get_layer() if isinstance(layer, RedisPubSubChannelLayer) else None
+    if loop_layer is None or not all(hasattr(loop_layer, a) for a in ("_get_group_channel_name", "_get_shard")):
+        for group, message in messages:
+            try:
+                await layer.group_send(group, message)
+            except RedisConnectionError:  # a connection left stale by a Redis restart fails once
+                await layer.group_send(group, message)
+        return
+    shards: dict[Any, list[tuple[str, bytes]]] = {}
+    for group, message in messages:
+        name = loop_layer._get_group_channel_name(group)
+        shards.setdefault(loop_layer._get_shard(name), []).append((name, layer.serialize(message)))
+    for shard, batch in shards.items():
+        try:
+            await _publish_pipelined(shard, batch)
+        except RedisConnectionError:  # once more on a fresh connection (duplicates are dropped by offset)
+            await _publish_pipelined(shard, batch)
+
+
+async def _publish_pipelined(shard: Any, batch: list[tuple[str, bytes]]) -> None:
+    async with shard._lock:
+        shard._ensure_redis()
+        async with shard._redis.pipeline(transaction=False) as pipe:
+            for name, data in batch:
+                pipe.publish(name, data)
+            await pipe.execute()
 
 
 def publish(

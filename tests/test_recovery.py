@@ -9,6 +9,7 @@ import asyncio
 import json
 import signal
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from realtime.events import event_template
 from realtime.history import Append, RedisHistory
 
 from .support import RedisServer, Server, notify, post_json, service_env
+from .test_operations import get_text
 from .wsclient import Client, follow
 
 pytestmark = pytest.mark.integration
@@ -230,6 +232,10 @@ async def test_a_client_that_stops_reading_is_closed_and_memory_stays_bounded(
             while True:
                 await slow.ws.recv()
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4002
+        deadline = time.monotonic() + 10  # and /metrics counts it (processes flush once a second)
+        while "notifier_slow_consumer_disconnects_total 1.0" not in get_text(f"{server.http}/metrics")[1]:
+            assert time.monotonic() < deadline, get_text(f"{server.http}/metrics")[1]
+            await asyncio.sleep(0.3)
         published_kib = rounds * per_round * size // 1024
         growth = rss_after - rss_before
         print(f"slow consumer: published {published_kib} KiB; server RSS {rss_before} -> {rss_after} KiB")

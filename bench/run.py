@@ -1,0 +1,734 @@
+"""`make bench`: notifier in production mode under load, against a raw ASGI baseline.
+
+Starts its own redis-server, a migrated SQLite database with an API key, Uvicorn processes
+(the documented production command), a Celery worker, and the Node load generator in
+bench/loadgen/, all on 127.0.0.1; prints one table. See docs/benchmarks.md.
+
+    .venv/bin/python bench/run.py                      # everything (about 10 minutes)
+    .venv/bin/python bench/run.py --smoke              # every scenario at a tiny scale
+    .venv/bin/python bench/run.py --only fanout,latency --subscribers 1000
+    make bench BENCH=fanout SUBSCRIBERS=1000           # the same through make
+
+Scenarios: ceiling (the load generator against a minimal Node ws server), fanout (raw ASGI
+vs notifier), scaling (1 and 2 server processes), latency, memory, publish (the HTTP API),
+celery, recovery, servers (Daphne and Uvicorn's WebSocket backends, compression off/on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.services import (  # noqa: E402
+    BenchError,
+    LoadGen,
+    Redis,
+    Server,
+    Worker,
+    ensure_loadgen,
+    manage,
+    post_json,
+    raise_fd_limit,
+    server_available,
+    service_env,
+)
+
+SCENARIOS = [
+    "ceiling",
+    "fanout",
+    "scaling",
+    "latency",
+    "memory",
+    "publish",
+    "celery",
+    "recovery",
+    "servers",
+    "layers",
+]
+
+TARGETS = {
+    "fanout_ratio": 0.85,  # x raw ASGI frames/s
+    "latency_p99_ms": 30.0,
+    "memory_kib_per_conn": 25.0,
+    "notify_rps": 1700.0,
+    "batch_eps": 20_000.0,
+    "celery_eps": 1000.0,
+}
+
+
+@dataclass
+class Row:
+    scenario: str
+    setup: str
+    result: str
+    compare: str = ""
+    lost: int | None = 0
+    duplicated: int | None = 0
+    target_met: bool | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Scale:
+    fanout_sizes: list[int]
+    scaling_sizes: list[int]
+    frames_per_run: int
+    latency_subscribers: int
+    latency_secs: float
+    memory_connections: int
+    publish_secs: float
+    celery_tasks: int
+    recovery_subscribers: int
+    recovery_events: int
+    servers_subscribers: int
+    repeat: int
+
+    @classmethod
+    def full(cls) -> Scale:
+        return cls([1000, 10_000], [100, 1000, 10_000], 600_000, 1000, 30, 10_000, 10, 5000, 200, 1000, 1000, 1)
+
+    @classmethod
+    def smoke(cls) -> Scale:
+        return cls([20], [20], 400, 20, 1.5, 20, 1.5, 40, 5, 40, 20, 1)
+
+
+def fmt(value: float, unit: str = "") -> str:
+    if value >= 100:
+        text = f"{value:,.0f}"
+    elif value >= 10:
+        text = f"{value:.1f}"
+    else:
+        text = f"{value:.2f}"
+    return f"{text} {unit}".strip()
+
+
+class Bench:
+    def __init__(self, scale: Scale, workdir: Path, smoke: bool) -> None:
+        self.scale = scale
+        self.workdir = workdir
+        self.smoke = smoke
+        self.rows: list[Row] = []
+        self.redis = Redis(workdir)
+        self.db = workdir / "bench.sqlite3"
+        self.env = service_env(self.redis.url, self.db)
+        manage(self.env, "migrate", "--verbosity", "0")
+        self.key = manage(self.env, "create_api_key", "bench").strip().splitlines()[-1]
+        self._api: Server | None = None
+        self._channel = 0
+        self.raw_fanout: dict[int, float] = {}
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._api is not None:
+            self._api.stop()
+        self.redis.stop()
+
+    def channel(self, name: str) -> str:
+        self._channel += 1
+        return f"bench.{name}.{os.getpid()}.{self._channel}"
+
+    @property
+    def api(self) -> Server:
+        """The process the fan-out scenarios publish through (POST /api/notify)."""
+        if self._api is None or not self._api.alive():
+            self._api = Server("uvicorn", self.env, self.workdir)
+        return self._api
+
+    @contextmanager
+    def servers(self, kind: str, count: int = 1) -> Iterator[list[Server]]:
+        started: list[Server] = []
+        try:
+            for _ in range(count):
+                started.append(Server(kind, self.env, self.workdir))
+            yield started
+        finally:
+            for server in started:
+                server.stop()
+
+    def loadgen(self, config: dict[str, Any], watch: list[Server] | None = None) -> dict[str, Any]:
+        """Run the load generator; with `watch`, also the CPU those servers used meanwhile
+        (from its "ready" to its result: one core = 100)."""
+        gen = LoadGen(config, self.workdir)
+        try:
+            ready = gen.ready()
+            if ready.get("connect_errors"):
+                print(f"  ! {ready['connect_errors']} connections failed", file=sys.stderr)
+            before = [(p.cpu_seconds(), time.monotonic()) for p in watch or []]
+            result = gen.result()
+            after = [(p.cpu_seconds(), time.monotonic()) for p in watch or []]
+        finally:
+            gen.kill()
+        if "error" in result:
+            raise BenchError(f"load generator: {result['error']}; see {gen.stderr_path}")
+        if watch:
+            result["server_cpu_percent"] = [
+                round(100 * (c1 - c0) / max(1e-9, t1 - t0)) for (c0, t0), (c1, t1) in zip(before, after, strict=True)
+            ]
+        return result
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        met = "" if row.target_met is None else (" (target met)" if row.target_met else " (TARGET MISSED)")
+        print(f"  {row.scenario:10} {row.setup:48} {row.result:>22} {row.compare}{met}", flush=True)
+
+    def fanout_run(
+        self,
+        urls: list[str],
+        protocol: str,
+        subscribers: int,
+        publish: dict[str, Any],
+        deflate: bool = False,
+        steady: bool = False,
+        watch: list[Server] | None = None,
+    ) -> dict[str, Any]:
+        """Events as fast as they are absorbed: a window of about 20,000 frames in flight, topped
+        up in bursts of half the window (or, `steady`, one event at a time)."""
+        events = max(10, round(self.scale.frames_per_run / subscribers))
+        window = max(4, min(64, 20_000 // subscribers))
+        return self.loadgen(
+            {
+                "mode": "fanout",
+                "ws": urls,
+                "subscribers": subscribers,
+                "protocol": protocol,
+                "channel": publish.get("channel", "bench"),
+                "publish": publish,
+                "events": events,
+                "warmup": min(5, events),
+                "window": window,
+                "burst": 1 if steady else max(1, window // 2),
+                "deflate": deflate,
+                "max_secs": 240,
+            },
+            watch,
+        )
+
+    def notify_publisher(self, channel: str) -> dict[str, Any]:
+        return {"kind": "notify", "url": f"{self.api.http}/api/notify", "key": self.key, "channel": channel}
+
+    def raw_publisher(self) -> dict[str, Any]:
+        return {"kind": "redis", "port": self.redis.port, "channel": "raw-bench"}
+
+    def ours(
+        self, kind: str, subscribers: int, processes: int = 1, deflate: bool = False, steady: bool = False
+    ) -> dict[str, Any]:
+        with self.servers(kind, processes) as procs:
+            channel = self.channel("fanout")
+            publisher = self.notify_publisher(channel)
+            return self.fanout_run([p.ws for p in procs], "notifier", subscribers, publisher, deflate, steady, procs)
+
+    def raw(self, subscribers: int, processes: int = 1, steady: bool = False) -> dict[str, Any]:
+        with self.servers("raw", processes) as procs:
+            return self.fanout_run(
+                [p.ws for p in procs], "raw", subscribers, self.raw_publisher(), steady=steady, watch=procs
+            )
+
+    @staticmethod
+    def losses(result: dict[str, Any]) -> tuple[int, int]:
+        lost = int(result.get("lost", 0)) + int(result.get("connect_errors", 0))
+        duplicated = int(result.get("duplicated", 0)) + int(result.get("out_of_order", 0))
+        return lost, duplicated
+
+    # -- scenarios -----------------------------------------------------------------------------
+
+    def ceiling(self) -> None:
+        """The load generator against a minimal Node ws server: what it can absorb at most."""
+        sizes = sorted({*self.scale.fanout_sizes})
+        with self.servers("node") as (node,):
+            for size in sizes:
+                for steady in (False, True):
+                    publish = {"kind": "http", "url": f"{node.http}/publish", "channel": "bench"}
+                    result = self.fanout_run([node.ws], "raw", size, publish, steady=steady)
+                    lost, dup = self.losses(result)
+                    how = "one event at a time" if steady else "bursts"
+                    self.add(
+                        Row(
+                            "ceiling",
+                            f"Node ws broadcast server, {size:,} subs, {how}",
+                            fmt(result["frames_per_sec"], "frames/s"),
+                            f"load generator CPU {result.get('cpu_percent', 0):.0f}%",
+                            lost,
+                            dup,
+                            data=result,
+                        )
+                    )
+            result = self.loadgen(
+                {
+                    "mode": "http",
+                    "url": f"{node.http}/api/notify",
+                    "kind": "notify",
+                    "channel": "bench",
+                    "concurrency": 16,
+                    "seconds": self.scale.publish_secs,
+                }
+            )
+            self.add(
+                Row(
+                    "ceiling",
+                    "Node http server, POST, 16 in flight",
+                    fmt(result["requests_per_sec"], "req/s"),
+                    "load generator ceiling",
+                    data=result,
+                )
+            )
+
+    def fanout(self) -> None:
+        """Raw ASGI vs notifier (1 Uvicorn process), interleaved, at each size, with events in
+        bursts and one at a time."""
+        for size in self.scale.fanout_sizes:
+            for steady in (False,) if self.smoke else (False, True):
+                raws, ourses = [], []
+                for _ in range(self.scale.repeat):
+                    raws.append(self.raw(size, steady=steady))
+                    ourses.append(self.ours("uvicorn", size, steady=steady))
+                raw_fps = sum(r["frames_per_sec"] for r in raws) / len(raws)
+                ours_fps = sum(r["frames_per_sec"] for r in ourses) / len(ourses)
+                if not steady:
+                    self.raw_fanout[size] = raw_fps
+                how = "one event at a time" if steady else "bursts"
+                raw_cpu = max(r.get("cpu_percent", 0) for r in raws)
+                cpu = max(r.get("cpu_percent", 0) for r in ourses)
+                raw_server = max(max(r.get("server_cpu_percent", [0])) for r in raws)
+                server = max(max(r.get("server_cpu_percent", [0])) for r in ourses)
+                lost = sum(self.losses(r)[0] for r in raws)
+                dup = sum(self.losses(r)[1] for r in raws)
+                self.add(
+                    Row(
+                        "fanout",
+                        f"raw ASGI (uvicorn websockets-sansio), {size:,} subs, {how}",
+                        fmt(raw_fps, "frames/s"),
+                        f"1.00x; CPU: server {raw_server}%, load generator {raw_cpu:.0f}%",
+                        lost,
+                        dup,
+                        data={"runs": raws},
+                    )
+                )
+                ratio = ours_fps / raw_fps if raw_fps else 0.0
+                lost = sum(self.losses(r)[0] for r in ourses)
+                dup = sum(self.losses(r)[1] for r in ourses)
+                self.add(
+                    Row(
+                        "fanout",
+                        f"notifier (uvicorn, 1 process), {size:,} subs, {how}",
+                        fmt(ours_fps, "frames/s"),
+                        f"{ratio:.2f}x raw (target >= {TARGETS['fanout_ratio']}x); "
+                        f"CPU: server {server}%, load generator {cpu:.0f}%",
+                        lost,
+                        dup,
+                        target_met=ratio >= TARGETS["fanout_ratio"] and lost == 0 and dup == 0,
+                        data={"runs": ourses, "ratio": ratio},
+                    )
+                )
+
+    def scaling(self) -> None:
+        """Frames/s against the number of subscribers, with 1 and 2 server processes."""
+        for size in self.scale.scaling_sizes:
+            if size not in self.raw_fanout:
+                self.raw_fanout[size] = self.raw(size)["frames_per_sec"]
+            for processes in (1, 2):
+                result = self.ours("uvicorn", size, processes)
+                lost, dup = self.losses(result)
+                raw = self.raw_fanout.get(size)
+                compare = f"{result['frames_per_sec'] / raw:.2f}x raw (1 process)" if raw else ""
+                servers_cpu = "+".join(f"{c}%" for c in result.get("server_cpu_percent", []))
+                compare += f"; CPU: servers {servers_cpu}, load generator {result.get('cpu_percent', 0):.0f}%"
+                self.add(
+                    Row(
+                        "scaling",
+                        f"notifier, {processes} process{'es' if processes > 1 else ''}, {size:,} subs",
+                        fmt(result["frames_per_sec"], "frames/s"),
+                        compare,
+                        lost,
+                        dup,
+                        data=result,
+                    )
+                )
+
+    def latency(self) -> None:
+        """10 events/s to N subscribers: publish (POST sent) -> receive, every frame."""
+        size, secs, rate = self.scale.latency_subscribers, self.scale.latency_secs, 10
+        for label, kind in (("raw ASGI", "raw"), ("notifier (uvicorn)", "uvicorn")):
+            with self.servers(kind) as (server,):
+                channel = self.channel("latency")
+                publish = self.raw_publisher() if kind == "raw" else self.notify_publisher(channel)
+                result = self.loadgen(
+                    {
+                        "mode": "fanout",
+                        "ws": [server.ws],
+                        "subscribers": size,
+                        "protocol": "raw" if kind == "raw" else "notifier",
+                        "channel": channel,
+                        "publish": publish,
+                        "events": max(5, int(secs * rate)),
+                        "warmup": 5,
+                        "rate": rate,
+                        "max_secs": secs + 60,
+                    }
+                )
+            lat, fan = result["latency"], result["latency_from_publish"]
+            lost, dup = self.losses(result)
+            ours = kind != "raw"
+            via = "POST /api/notify" if ours else "Redis PUBLISH"
+            self.add(
+                Row(
+                    "latency",
+                    f"{label}, {size:,} subs, {rate} events/s, {via} sent -> received",
+                    f"p50 {lat['p50_ms']} / p99 {lat['p99_ms']} / max {lat['max_ms']:.1f} ms",
+                    f"from the event's ts: p50 {fan['p50_ms']} / p99 {fan['p99_ms']} ms"
+                    + (f"; target p99 <= {TARGETS['latency_p99_ms']:.0f} ms" if ours else ""),
+                    lost,
+                    dup,
+                    target_met=(lat["p99_ms"] <= TARGETS["latency_p99_ms"] and lost == 0 and dup == 0)
+                    if ours
+                    else None,
+                    data=result,
+                )
+            )
+
+    def memory(self) -> None:
+        """RSS per idle, subscribed connection: (RSS with N sockets - RSS after a warm-up) / N."""
+        n = self.scale.memory_connections
+        for label, kind in (("raw ASGI", "raw"), ("notifier (uvicorn)", "uvicorn")):
+            with self.servers(kind) as (server,):
+                protocol = "raw" if kind == "raw" else "notifier"
+                channel = self.channel("idle")
+                warm = {"mode": "hold", "ws": [server.ws], "protocol": protocol, "channel": channel}
+                if not self.smoke:
+                    self.loadgen({**warm, "subscribers": 50})
+                    time.sleep(1.0)
+                before = server.rss_kib()
+                gen = LoadGen({**warm, "subscribers": n, "max_secs": 120}, self.workdir)
+                try:
+                    ready = gen.ready()
+                    time.sleep(2.0)
+                    after = server.rss_kib()
+                    result = gen.result()
+                finally:
+                    gen.kill()
+            per_conn = (after - before) / n * 1024 / 1000  # KB (10^3 bytes) per connection
+            ours = kind != "raw"
+            lost = int(ready.get("connect_errors", 0)) + (n - int(result.get("still_open", n)))
+            self.add(
+                Row(
+                    "memory",
+                    f"{label}, {n:,} idle subscribed connections",
+                    fmt(per_conn, "KB/conn"),
+                    f"RSS {before // 1024} -> {after // 1024} MiB"
+                    + (f"; target <= {TARGETS['memory_kib_per_conn']:.0f} KB" if ours else ""),
+                    lost,
+                    0,
+                    target_met=(per_conn <= TARGETS["memory_kib_per_conn"] and lost == 0) if ours else None,
+                    data={"rss_before_kib": before, "rss_after_kib": after, "connections": n, **result},
+                )
+            )
+
+    def publish(self) -> None:
+        """POST /api/notify and /api/notify/batch against one process, with 2 subscribers checking."""
+        secs = self.scale.publish_secs
+        with self.servers("raw") as (raw,):
+            result = self.loadgen(
+                {"mode": "http", "url": f"{raw.http}/api/notify", "kind": "raw", "concurrency": 16, "seconds": secs}
+            )
+        raw_rps = result["requests_per_sec"]
+        self.add(
+            Row(
+                "publish",
+                "raw ASGI POST (parse JSON, Redis PUBLISH), 16 in flight",
+                fmt(raw_rps, "req/s"),
+                f"p99 {result['latency']['p99_ms']} ms",
+                data=result,
+            )
+        )
+        runs = [
+            ("POST /api/notify, 16 in flight", {"concurrency": 16}, "notify"),
+            ("POST /api/notify/batch (100 events), 4 in flight", {"concurrency": 4, "batch": 100}, "batch"),
+        ]
+        for label, extra, which in runs:
+            with self.servers("uvicorn") as (server,):
+                channel = self.channel("publish")
+                path = "/api/notify/batch" if which == "batch" else "/api/notify"
+                result = self.loadgen(
+                    {
+                        "mode": "http",
+                        "url": f"{server.http}{path}",
+                        "key": self.key,
+                        "kind": "notify",
+                        "channel": channel,
+                        "seconds": secs,
+                        "subscribers": 2,
+                        "ws": [server.ws],
+                        **extra,
+                    }
+                )
+            lost, dup = self.losses(result)
+            dup += int(result.get("unacknowledged_received", 0))
+            lost += int(result.get("errors", 0))
+            if which == "notify":
+                value, target = result["requests_per_sec"], TARGETS["notify_rps"]
+                text = fmt(value, "req/s")
+                compare = f"{value / raw_rps:.2f}x raw; p99 {result['latency']['p99_ms']} ms; target >= {target:,.0f}"
+            else:
+                value, target = result["events_per_sec"], TARGETS["batch_eps"]
+                text = fmt(value, "events/s")
+                compare = (
+                    f"{result['requests_per_sec']:,.0f} req/s; p99 {result['latency']['p99_ms']} ms; "
+                    f"target >= {target:,.0f}"
+                )
+            self.add(
+                Row(
+                    "publish",
+                    f"notifier {label}",
+                    text,
+                    compare,
+                    lost,
+                    dup,
+                    target_met=value >= target and lost == 0 and dup == 0,
+                    data=result,
+                )
+            )
+
+    def celery(self) -> None:
+        """Tasks queued first, then one worker (default concurrency) publishes them."""
+        from celery import Celery
+
+        n = self.scale.celery_tasks
+        with self.servers("uvicorn") as (server,):
+            channel = self.channel("celery")
+            gen = LoadGen(
+                {
+                    "mode": "count",
+                    "ws": [server.ws],
+                    "subscribers": 1,
+                    "channel": channel,
+                    "expect": n,
+                    "max_secs": 180,
+                },
+                self.workdir,
+            )
+            worker: Worker | None = None
+            try:
+                gen.ready()
+                app = Celery(broker=self.redis.url)
+                with app.connection_for_write() as conn:
+                    for seq in range(1, n + 1):
+                        app.send_task(
+                            "notifier.notify",
+                            kwargs={"channel": channel, "event": "bench", "data": {"s": seq}},
+                            connection=conn,
+                        )
+                worker = Worker(self.env, self.workdir)
+                result = gen.result(timeout=240)
+            finally:
+                gen.kill()
+                if worker is not None:
+                    worker.stop()
+        lost, dup = self.losses(result)
+        value = result["events_per_sec"]
+        self.add(
+            Row(
+                "celery",
+                f"1 worker (prefork, {os.cpu_count()} children), {n:,} queued tasks",
+                fmt(value, "events/s"),
+                f"target >= {TARGETS['celery_eps']:,.0f}",
+                lost,
+                dup,
+                target_met=value >= TARGETS["celery_eps"] and lost == 0 and dup == 0,
+                data=result,
+            )
+        )
+
+    def recovery(self) -> None:
+        """N sockets resubscribe with `since` at once and replay the channel's history."""
+        events, subscribers = self.scale.recovery_events, self.scale.recovery_subscribers
+        with self.servers("uvicorn") as (server,):
+            channel = self.channel("recovery")
+            epoch = ""
+            for start in range(1, events + 1, 100):
+                batch = [
+                    {"channel": channel, "event": "bench", "data": {"s": s}}
+                    for s in range(start, min(events, start + 99) + 1)
+                ]
+                status, answer = post_json(f"{server.http}/api/notify/batch", {"events": batch}, self.key)
+                if status != 202:
+                    raise BenchError(f"batch publish failed: {status} {answer}")
+                epoch = answer["results"][-1]["channels"][channel]["epoch"]
+            result = self.loadgen(
+                {
+                    "mode": "recover",
+                    "ws": [server.ws],
+                    "subscribers": subscribers,
+                    "channel": channel,
+                    "expect": events,
+                    "since": {"offset": 0, "epoch": epoch},
+                }
+            )
+        lost, dup = self.losses(result)
+        self.add(
+            Row(
+                "recovery",
+                f"{subscribers:,} sockets resubscribe, {events:,} events each",
+                fmt(result["replayed_per_sec"], "events/s"),
+                f"{result['seconds']:.2f} s for {result['replayed']:,} replayed",
+                lost,
+                dup,
+                data=result,
+            )
+        )
+
+    def servers_compare(self) -> None:
+        """Our app under each server and WebSocket backend, compression off and on."""
+        size = self.scale.servers_subscribers
+        variants = [
+            ("uvicorn", "uvicorn --ws websockets-sansio (production)", False),
+            ("uvicorn-deflate", "uvicorn websockets-sansio, permessage-deflate on", True),
+            ("uvicorn-websockets", "uvicorn --ws websockets (legacy)", False),
+            ("uvicorn-wsproto", "uvicorn --ws wsproto", False),
+            ("daphne", "daphne", False),
+        ]
+        if self.smoke:  # the backends that differ most; the smoke run is about correctness
+            variants = [v for v in variants if v[0] in ("uvicorn", "uvicorn-deflate", "daphne")]
+        base = None
+        for kind, label, deflate in variants:
+            why_not = server_available(kind)
+            if why_not:
+                self.add(Row("servers", f"{label}, {size:,} subs", "not run", why_not, None, None))
+                continue
+            result = self.ours(kind, size, deflate=deflate)
+            base = base or result["frames_per_sec"]
+            lost, dup = self.losses(result)
+            self.add(
+                Row(
+                    "servers",
+                    f"{label}, {size:,} subs",
+                    fmt(result["frames_per_sec"], "frames/s"),
+                    f"{result['frames_per_sec'] / base:.2f}x production",
+                    lost,
+                    dup,
+                    data=result,
+                )
+            )
+
+    def layers(self) -> None:
+        """bench/layers.py against this run's Redis: the channel layers for the hub's traffic."""
+        if self.smoke:
+            return
+        out = subprocess.run(  # noqa: S603
+            [sys.executable, str(Path(__file__).with_name("layers.py")), self.redis.url],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
+        ).stdout
+        for line in out.splitlines():
+            row = json.loads(line)
+            self.add(
+                Row(
+                    "layers",
+                    f"{row['layer']}, 2 receivers (not our service)",
+                    fmt(row["publish/s"], "publish/s"),
+                    f"delivered {row['delivered']}, lost {row['lost']}; p50 {row['p50 ms']} / p99 {row['p99 ms']} ms",
+                    None,
+                    None,
+                    data=row,
+                )
+            )
+
+
+def table(rows: list[Row]) -> str:
+    head = ["scenario", "setup", "result", "compared with", "lost", "dup", "target"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        target = "" if r.target_met is None else ("met" if r.target_met else "MISSED")
+        lost = "" if r.lost is None else str(r.lost)
+        dup = "" if r.duplicated is None else str(r.duplicated)
+        lines.append(f"| {r.scenario} | {r.setup} | {r.result} | {r.compare} | {lost} | {dup} | {target} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="every scenario at a tiny scale (the test suite's run)")
+    parser.add_argument("--only", default=os.environ.get("BENCH", ""), help=f"comma-separated: {','.join(SCENARIOS)}")
+    parser.add_argument(
+        "--subscribers", default=os.environ.get("SUBSCRIBERS", ""), help="fan-out sizes, e.g. 1000 or 1000,10000"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=int(os.environ.get("REPEAT") or 1), help="interleaved fan-out runs"
+    )
+    parser.add_argument("--json", default=os.environ.get("BENCH_JSON", ""), help="also write the rows as JSON here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    scale = Scale.smoke() if args.smoke else Scale.full()
+    scale.repeat = max(1, args.repeat)
+    if args.subscribers:
+        sizes = [int(s) for s in args.subscribers.replace(" ", "").split(",") if s]
+        scale.fanout_sizes = scale.scaling_sizes = sizes
+        scale.latency_subscribers = scale.servers_subscribers = sizes[0]
+        scale.memory_connections = max(sizes)
+    only = [s.strip() for s in args.only.split(",") if s.strip()] or SCENARIOS
+    unknown = set(only) - set(SCENARIOS)
+    if unknown:
+        print(f"unknown scenarios {sorted(unknown)}; choose from {', '.join(SCENARIOS)}", file=sys.stderr)
+        return 2
+    largest = max(scale.fanout_sizes + scale.scaling_sizes + [scale.memory_connections])
+    limit = raise_fd_limit(largest + 1000)
+    if limit < largest + 200:
+        print(f"open-file limit {limit} is too low for {largest:,} sockets; raise `ulimit -Hn`", file=sys.stderr)
+        return 2
+    ensure_loadgen()
+    workdir = Path(tempfile.mkdtemp(prefix="notifier-bench-"))
+    print(f"notifier bench: {'smoke' if args.smoke else 'full'} run, scenarios {','.join(only)}; logs in {workdir}")
+    started = time.monotonic()
+    bench = Bench(scale, workdir, args.smoke)
+    failures: list[str] = []
+    try:
+        for name in SCENARIOS:
+            if name not in only:
+                continue
+            print(f"[{name}]", flush=True)
+            try:
+                getattr(bench, "servers_compare" if name == "servers" else name)()
+            except BenchError as exc:
+                failures.append(f"{name}: {exc}")
+                print(f"  ! {name} failed: {exc}", file=sys.stderr)
+    finally:
+        bench.close()
+    elapsed = time.monotonic() - started
+    print()
+    print(table(bench.rows))
+    print()
+    print(f"{len(bench.rows)} rows in {elapsed:.0f} s; machine: {os.cpu_count()} cores; logs in {workdir}")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"rows": [asdict(r) for r in bench.rows], "failures": failures, "seconds": elapsed}, indent=1)
+        )
+    lossy = [r for r in bench.rows if (r.lost or 0) or (r.duplicated or 0)]
+    if failures or lossy:
+        for failure in failures:
+            print(f"FAILED {failure}", file=sys.stderr)
+        for row in lossy:
+            print(
+                f"LOST/DUPLICATED: {row.scenario} {row.setup}: {row.lost} lost, {row.duplicated} dup", file=sys.stderr
+            )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
