@@ -123,13 +123,7 @@ async def apublish(
     first answer and publishes nothing.
     """
     started = time.perf_counter()
-    targets = check_channels(channels)
-    check_event_name(event)
-    data_json = encode_data(data)
-    event_id, ts = new_event_id(), now()
-    items = [
-        _append_item(channel, event_template(channel, event_id, event, data_json, ts, sender)) for channel in targets
-    ]
+    event_id, items = _prepare(channels, event, data, sender)
     if idempotency_key is None:
         result = await _store_and_send(event_id, items)
         _count_publish(publisher, started)
@@ -161,6 +155,16 @@ def _count_publish(publisher: str, started: float) -> None:
     source = "api" if publisher.startswith("key:") else publisher if publisher in SOURCES else "internal"
     metrics.inc("notifier_events_published", source=source)
     metrics.observe_publish(time.perf_counter() - started)
+
+
+def _prepare(channels: Sequence[str], event: str, data: Any, sender: str | None) -> tuple[str, list[Append]]:
+    """Validate one event and build its history entries: its id, and one frame per channel."""
+    targets = check_channels(channels)
+    check_event_name(event)
+    data_json = encode_data(data)
+    event_id, ts = new_event_id(), now()
+    items = [_append_item(ch, event_template(ch, event_id, event, data_json, ts, sender)) for ch in targets]
+    return event_id, items
 
 
 def _append_item(channel: str, template: FrameTemplate) -> Append:
@@ -252,17 +256,10 @@ async def apublish_many(requests: Sequence[PublishRequest]) -> list[PublishResul
             continue
         started = time.perf_counter()
         try:
-            targets = check_channels(request.channels)
-            check_event_name(request.event)
-            data_json = encode_data(request.data)
+            event_id, items = _prepare(request.channels, request.event, request.data, request.sender)
         except PublishError as exc:
             answers[index] = exc
             continue
-        event_id, ts = new_event_id(), now()
-        items = [
-            _append_item(channel, event_template(channel, event_id, request.event, data_json, ts, request.sender))
-            for channel in targets
-        ]
         run.append((index, event_id, items, started))
     await flush()
     assert all(answer is not None for answer in answers)
