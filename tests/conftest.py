@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from .support import RedisServer, Server, manage, service_env
+from .wsclient import Client
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +44,10 @@ def servers(redis_server: RedisServer, service_db: Path, workdir: Path) -> Itera
     yield first, second
     first.stop()
     second.stop()
+
+
+@pytest.fixture(autouse=True)
+async def close_leftover_clients() -> AsyncIterator[None]:
+    """A failing test's open WebSocket clients are closed here, not by a later test's GC."""
+    yield
+    await Client.close_leftovers()

@@ -99,7 +99,9 @@ async def test_redis_clients_stay_flat_over_a_thousand_tasks(
     assert sorted(e["data"]["n"] for e in events) == list(range(WARM_UP, WARM_UP + TASKS))
     assert [e["offset"] for e in events] == list(range(WARM_UP + 1, WARM_UP + 1 + TASKS))
     print(f"redis clients: {before} before, {after} after {TASKS} tasks")
-    assert after <= before, f"Redis client count grew from {before} to {after} over {TASKS} tasks"
+    # A leak opens a client per task (hundreds here). A bounded pool may still open one or two
+    # more when publishes overlap the metrics flush on a busy machine: that is not a leak.
+    assert after <= before + 2, f"Redis client count grew from {before} to {after} over {TASKS} tasks"
     assert "Task notifier.notify" in worker.log()
     await client.close()
 

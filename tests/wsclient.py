@@ -12,9 +12,14 @@ RECV_TIMEOUT_SECS = 10
 
 
 class Client:
+    # Clients not yet closed, so a test that fails half-way does not leave its socket to the
+    # garbage collector (whose ResourceWarning would then fail some later, unrelated test).
+    open_clients: set[Client] = set()
+
     def __init__(self, ws: websockets.ClientConnection) -> None:
         self.ws = ws
         self.hello: dict[str, Any] = {}
+        Client.open_clients.add(self)
 
     @classmethod
     async def connect(cls, url: str, **kwargs: Any) -> Client:
@@ -56,7 +61,17 @@ class Client:
         raise AssertionError(f"unexpected frame {frame}")
 
     async def close(self) -> None:
+        Client.open_clients.discard(self)
         await self.ws.close()
+
+    @classmethod
+    async def close_leftovers(cls) -> None:
+        """Close the clients a test left open (it failed before its own close)."""
+        for client in list(cls.open_clients):
+            try:
+                await asyncio.wait_for(client.close(), 5)
+            except (TimeoutError, RuntimeError, OSError):
+                client.ws.transport.abort()  # its loop is gone or the peer hangs: drop the socket
 
 
 async def follow(
