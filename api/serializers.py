@@ -10,7 +10,7 @@ from rest_framework import serializers
 from realtime.channels import InvalidChannel, personal_channel, policy_of, validate_channel
 from realtime.conf import notifier_settings
 
-USER_ID_RE = re.compile(r"^[A-Za-z0-9_.\-@=]{1,64}$")
+USER_ID_RE = re.compile(r"[A-Za-z0-9_.\-@=]{1,64}")
 MAX_IDEMPOTENCY_KEY_LENGTH = 128
 MAX_CHANNEL_PATTERN_LENGTH = 128
 
@@ -38,7 +38,7 @@ class UserIdField(serializers.CharField):
     def to_internal_value(self, data: Any) -> str:
         if isinstance(data, int) and not isinstance(data, bool):
             data = str(data)
-        if not isinstance(data, str) or not USER_ID_RE.match(data):
+        if not isinstance(data, str) or not USER_ID_RE.fullmatch(data):
             raise serializers.ValidationError(
                 "must be a user id: 1-64 ASCII letters, digits or _ . - @ =", code="invalid"
             )
@@ -93,6 +93,91 @@ class NotifyRequestSerializer(StrictObjectSerializer):
             raise serializers.ValidationError(f"at most {limit} target channels per event")
         attrs["targets"] = targets
         return attrs
+
+
+def validated_notify(body: Any) -> dict[str, Any]:
+    """One event's validated data (`targets` included); raises DRF's ValidationError."""
+    attrs = quick_notify_attrs(body)
+    if attrs is None:
+        serializer = NotifyRequestSerializer(data=body)
+        serializer.is_valid(raise_exception=True)
+        attrs = dict(serializer.validated_data)
+    return attrs
+
+
+_NOTIFY_FIELDS = frozenset(["channel", "channels", "user", "users", "event", "data", "idempotency_key"])
+
+
+def quick_notify_attrs(body: Any) -> dict[str, Any] | None:
+    """NotifyRequestSerializer's validated data for an ordinary body, or None: then the
+    serializer itself decides (and words any error).
+
+    DRF's field machinery costs tens of microseconds per event, and the batch endpoint must
+    publish 20,000 events/s per process (issue 6). This accepts only bodies the serializer
+    accepts, with the same validated data (tests/test_api.py compares both on generated bodies).
+    """
+    if type(body) is not dict or not _NOTIFY_FIELDS.issuperset(body):
+        return None
+    event = body.get("event")
+    if not _plain_text(event, 128):
+        return None
+    attrs: dict[str, Any] = {}
+    targets: list[str] = []
+    if "channel" in body:
+        if not _known_channel(body["channel"]):
+            return None
+        attrs["channel"] = body["channel"]
+        targets.append(body["channel"])
+    if "channels" in body:
+        channels = body["channels"]
+        if type(channels) is not list or not channels or not all(_known_channel(c) for c in channels):
+            return None
+        attrs["channels"] = list(channels)
+        targets.extend(channels)
+    if "user" in body:
+        user = _user_id(body["user"])
+        if user is None:
+            return None
+        attrs["user"] = user
+        targets.append(personal_channel(user))
+    if "users" in body:
+        users = body["users"]
+        ids = [_user_id(u) for u in users] if type(users) is list and users else [None]
+        if None in ids:
+            return None
+        attrs["users"] = ids
+        targets.extend(personal_channel(u) for u in ids if u is not None)
+    attrs["event"] = event
+    attrs["data"] = body.get("data")
+    if "idempotency_key" in body:
+        if not _plain_text(body["idempotency_key"], MAX_IDEMPOTENCY_KEY_LENGTH):
+            return None
+        attrs["idempotency_key"] = body["idempotency_key"]
+    targets = list(dict.fromkeys(targets))
+    if not targets or len(targets) > notifier_settings.MAX_CHANNELS_PER_PUBLISH:
+        return None
+    attrs["targets"] = targets
+    return attrs
+
+
+def _plain_text(value: Any, max_length: int) -> bool:
+    """A string a StrictCharField keeps as it is: not blank, no surrounding space, printable (so
+    no NUL, control or surrogate character, which DRF refuses)."""
+    return type(value) is str and 0 < len(value) <= max_length and value.isprintable() and value.strip() == value
+
+
+def _known_channel(channel: Any) -> bool:
+    try:
+        validate_channel(channel)
+    except InvalidChannel:
+        return False
+    return policy_of(channel) is not None
+
+
+def _user_id(value: Any) -> str | None:
+    if type(value) is int:
+        value = str(value)
+    return value if type(value) is str and USER_ID_RE.fullmatch(value) else None
 
 
 class BatchRequestSerializer(serializers.Serializer):

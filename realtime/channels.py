@@ -17,7 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 from .conf import notifier_settings
 
 MAX_CHANNEL_LENGTH = 128
-CHANNEL_RE = re.compile(r"^[A-Za-z0-9_.\-@=]+(:[A-Za-z0-9_.\-:@=]+)?$")
+CHANNEL_RE = re.compile(r"[A-Za-z0-9_.\-@=]+(:[A-Za-z0-9_.\-:@=]+)?")
 # `_` starts every escape, so escaped names never collide with each other.
 _GROUP_ESCAPES = {"_": "_u", ":": "_c", "@": "_a", "=": "_e"}
 _GROUP_ESCAPE_RE = re.compile("[_:@=]")
@@ -64,7 +64,7 @@ def validate_channel(channel: Any) -> str:
         raise InvalidChannel("channel must not be empty")
     if len(channel) > MAX_CHANNEL_LENGTH:
         raise InvalidChannel(f"channel is longer than {MAX_CHANNEL_LENGTH} characters")
-    if not CHANNEL_RE.match(channel):
+    if not CHANNEL_RE.fullmatch(channel):  # not match(): "$" would let a trailing newline in
         raise InvalidChannel(
             "channel may contain only ASCII letters, digits and _ . - @ = , with an optional 'namespace:' prefix"
         )
@@ -79,9 +79,21 @@ def name_in_namespace(channel: str) -> str:
     return channel.split(":", 1)[1] if ":" in channel else channel
 
 
+_merged: tuple[object, dict[str, NamespacePolicy]] | None = None
+
+
 def policies() -> dict[str, NamespacePolicy]:
+    """The default policies with NOTIFIER["NAMESPACES"] applied (merged once per settings object)."""
+    global _merged
+    configured = notifier_settings.NAMESPACES
+    if _merged is None or _merged[0] is not configured:
+        _merged = (configured, _merge(configured))
+    return _merged[1]
+
+
+def _merge(configured: dict[str, dict[str, Any]]) -> dict[str, NamespacePolicy]:
     merged = dict(DEFAULT_NAMESPACES)
-    for namespace, overrides in notifier_settings.NAMESPACES.items():
+    for namespace, overrides in configured.items():
         base = merged.get(namespace, NamespacePolicy())
         unknown = set(overrides) - set(NamespacePolicy.__dataclass_fields__)
         if unknown:

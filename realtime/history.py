@@ -2,8 +2,8 @@
 
 Each channel has an offset that counts up from 1 and an epoch that changes whenever its history
 is lost (expired, flushed), so a client holding an old position learns it cannot be recovered.
-`append` stores a frame and assigns its offset atomically (one Lua script per channel, all
-channels of a publish in one round trip), so publishers on many processes never produce
+`append` stores frames and assigns their offsets atomically (one Lua script call per channel,
+all channels of a publish or batch in one round trip), so publishers on many processes never produce
 duplicate or reordered offsets.
 """
 
@@ -18,7 +18,7 @@ from typing import Protocol
 
 from .conf import notifier_settings
 from .events import FrameTemplate
-from .redis import get_redis
+from .redis import LuaScript, get_redis
 
 
 @dataclass(frozen=True)
@@ -72,20 +72,28 @@ def _complete(after: int, latest: int, frames: list[tuple[int, str]]) -> bool:
     return bool(frames) and frames[0][0] == after + 1
 
 
-_APPEND_LUA = """
+# One call appends a channel's frames of one publish (or batch): they get consecutive offsets.
+# KEYS: the meta hash, the log stream. ARGV: a new epoch (used if history is gone), max length,
+# TTL, the frame head (the same for every event of a channel), then one frame tail per event.
+_APPEND = LuaScript("""
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
 end
-local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
-local frame = ARGV[2] .. offset .. ',"epoch":"' .. epoch .. '"' .. ARGV[3]
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-0', 'f', frame)
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-return {offset, epoch}
-"""
+local count = #ARGV - 4
+local first = redis.call('HINCRBY', KEYS[1], 'offset', count) - count + 1
+local middle = ',"epoch":"' .. epoch .. '"'
+for i = 1, count do
+  local offset = first + i - 1
+  redis.call('XADD', KEYS[2], offset .. '-0', 'f', ARGV[4] .. offset .. middle .. ARGV[4 + i])
+end
+redis.call('XTRIM', KEYS[2], 'MAXLEN', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return {first, epoch}
+""")
 
 
 class RedisHistory:
@@ -99,23 +107,22 @@ class RedisHistory:
         return f"{base}:meta", f"{base}:log"
 
     async def append(self, items: Sequence[Append]) -> list[Stored]:
-        redis = get_redis()
-        script = redis.register_script(_APPEND_LUA)
-        async with redis.pipeline(transaction=False) as pipe:
-            for item in items:
-                meta, log = self._keys(item.channel)
-                await script(
-                    keys=[meta, log],
-                    args=[new_epoch(), item.template.head, item.template.tail, item.size, item.ttl_secs],
-                    client=pipe,
-                )
-            results = await pipe.execute()
-        stored = []
-        for item, (offset, epoch) in zip(items, results, strict=True):
-            offset = int(offset)
+        """One script call per channel, all in one round trip; a channel's items keep their order."""
+        by_channel: dict[str, list[int]] = {}
+        for index, item in enumerate(items):
+            by_channel.setdefault(item.channel, []).append(index)
+        calls = []
+        for channel, indexes in by_channel.items():
+            first = items[indexes[0]]
+            tails = [items[i].template.tail for i in indexes]
+            calls.append((self._keys(channel), [new_epoch(), first.size, first.ttl_secs, first.template.head, *tails]))
+        results = await _APPEND.run_many(calls)
+        stored: list[Stored | None] = [None] * len(items)
+        for indexes, (first_offset, epoch) in zip(by_channel.values(), results, strict=True):
             epoch = _text(epoch)
-            stored.append(Stored(Position(offset, epoch), item.template.render(offset, epoch)))
-        return stored
+            for offset, index in enumerate(indexes, start=int(first_offset)):
+                stored[index] = Stored(Position(offset, epoch), items[index].template.render(offset, epoch))
+        return stored  # type: ignore[return-value]  # every index was filled
 
     async def read(self, channel: str, after: int, limit: int) -> Slice:
         meta, log = self._keys(channel)

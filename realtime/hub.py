@@ -24,6 +24,7 @@ from .channels import group_of
 from .codes import CloseCode
 from .conf import notifier_settings
 from .connection import Connection
+from .events import dumps
 from .history import History, Position, Slice, get_history
 from .presence import get_presence
 from .shutdown import install_drain_handler
@@ -34,6 +35,11 @@ PING_FRAME = '{"type":"ping"}'
 RECEIVE_RETRY_SECS = 1.0
 POSITION_CHECK_SECS = 5.0
 HISTORY_READ_LIMIT = 10_000
+# How long frames that arrived ahead of a gap wait for the earlier ones before history is read.
+# Concurrent publishes get their offsets in one order and may reach the channel layer in
+# another; the earlier message is then only a moment behind, and reading history for it would
+# fail if this process is so far behind that history has moved past it.
+GAP_WAIT_SECS = 0.25
 
 
 @dataclass
@@ -42,6 +48,7 @@ class HubStats:
     gap_fills: int = 0
     duplicates_dropped: int = 0
     position_fills: int = 0
+    resyncs: int = 0  # gaps history no longer covered: subscribers were told to refetch
     _reported: dict[str, int] = field(default_factory=dict)
 
     def take_deltas(self) -> dict[str, int]:
@@ -51,6 +58,7 @@ class HubStats:
             "notifier_gap_fills": self.gap_fills,
             "notifier_duplicates_dropped": self.duplicates_dropped,
             "notifier_position_fills": self.position_fills,
+            "notifier_resyncs": self.resyncs,
         }
         deltas = {name: value - self._reported.get(name, 0) for name, value in current.items()}
         self._reported = current
@@ -65,6 +73,9 @@ class _Channel:
     last: int | None = None  # last offset delivered to this process's subscribers
     epoch: str | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Runs of frames that arrived ahead of a gap, (first offset, frames), waiting for it to close.
+    held: list[tuple[int, list[str]]] = field(default_factory=list)
+    gap_timer: asyncio.Task[None] | None = None
 
 
 @dataclass(frozen=True)
@@ -262,24 +273,29 @@ class Hub:
                 self.on_presence(message)
 
     async def on_event(self, message: dict[str, Any]) -> None:
-        """Deliver one event frame in order: fill a gap first, drop what was delivered."""
+        """Deliver a channel's frames (consecutive offsets from `offset`) in order: frames past
+        a gap wait for it to close (GAP_WAIT_SECS, then history fills it), and what was already
+        delivered is dropped."""
         channel = message["channel"]
         state = self._channels.get(channel)
         if state is None:
             return
-        offset: int = message["offset"]
+        first: int = message["offset"]
+        # "frame": one frame, as processes of an earlier release send it during a rolling upgrade.
+        frames: list[str] = message["frames"] if "frames" in message else [message["frame"]]
         async with state.lock:
             if state.last is None:
-                state.last, state.epoch = offset - 1, message["epoch"]
+                state.last, state.epoch = first - 1, message["epoch"]
             elif state.epoch != message["epoch"]:
                 state.last, state.epoch = 0, message["epoch"]  # history restarted at offset 1
-            if offset <= state.last:
-                self.stats.duplicates_dropped += 1
+                state.held.clear()
+            if first > state.last + 1:
+                state.held.append((first, frames))
+                if state.gap_timer is None:
+                    state.gap_timer = asyncio.get_running_loop().create_task(self._close_gap(channel, state))
                 return
-            if offset > state.last + 1:
-                self.stats.gap_fills += 1
-                await self._fill(channel, state, upto=offset - 1)
-            self._fan_out(state, offset, message["frame"])
+            self._deliver_run(state, first, frames)
+            self._release_held(state)
 
     def on_presence(self, message: dict[str, Any]) -> None:
         """Join/leave frames have no offset: hand them to local subscribers as they come."""
@@ -288,25 +304,84 @@ class Hub:
             for conn in state.subscribers:
                 conn.deliver(message["frame"])
 
-    async def _fill(self, channel: str, state: _Channel, upto: int) -> None:
-        assert state.last is not None
-        try:
-            read = await self.history.read(channel, after=state.last, limit=upto - state.last)
-        except Exception as exc:  # noqa: BLE001 - deliver what we can; the next check retries
-            logger.warning("gap fill for %s failed: %s", channel, exc)
+    def _deliver_run(self, state: _Channel, first: int, frames: list[str]) -> None:
+        """Hand frames with offsets first, first + 1, ... (first <= last + 1) to every local
+        subscriber, skipping those already delivered."""
+        assert state.last is not None and first <= state.last + 1
+        skipped = min(len(frames), state.last + 1 - first)
+        self.stats.duplicates_dropped += skipped
+        frames = frames[skipped:]
+        if not frames:
             return
-        for offset, frame in read.frames:
-            if offset <= upto:
-                self._fan_out(state, offset, frame)
+        state.last += len(frames)
+        subscribers = state.subscribers
+        for frame in frames:  # frame by frame: each is turned into WebSocket bytes once
+            for conn in subscribers:
+                conn.deliver(frame)
+        self.stats.delivered += len(subscribers) * len(frames)
 
-    def _fan_out(self, state: _Channel, offset: int, frame: str) -> None:
-        assert state.last is not None
-        if offset <= state.last:
+    def _release_held(self, state: _Channel) -> None:
+        """Deliver the held runs that no longer follow a gap."""
+        held = state.held
+        if held:
+            held.sort(key=lambda run: run[0])
+            assert state.last is not None
+            while held and held[0][0] <= state.last + 1:
+                first, frames = held.pop(0)
+                self._deliver_run(state, first, frames)
+        if not held and state.gap_timer is not None:
+            if state.gap_timer is not asyncio.current_task():
+                state.gap_timer.cancel()
+            state.gap_timer = None
+
+    async def _close_gap(self, channel: str, state: _Channel) -> None:
+        """The earlier frames did not come: read them from history, then deliver what was held."""
+        await asyncio.sleep(GAP_WAIT_SECS)
+        async with state.lock:
+            while state.held and state.last is not None:
+                upto = min(first for first, _ in state.held) - 1
+                if upto > state.last:
+                    self.stats.gap_fills += 1
+                    await self._catch_up(channel, state, upto)
+                    if state.last < upto:  # history restarted meanwhile: the gap is gone for good
+                        self._resync(channel, state, upto)
+                self._release_held(state)
+            state.gap_timer = None
+
+    async def _catch_up(self, channel: str, state: _Channel, upto: int | None = None) -> None:
+        """Deliver history after the last delivered offset (up to `upto`). Where history no
+        longer reaches back (or cannot be read), subscribers are told they missed events, with
+        a `subscribed` frame saying `recovered: false`, and delivery goes on after the gap."""
+        assert state.last is not None and state.epoch is not None
+        limit = HISTORY_READ_LIMIT if upto is None else min(upto - state.last, HISTORY_READ_LIMIT)
+        try:
+            read = await self.history.read(channel, after=state.last, limit=limit)
+        except Exception as exc:  # noqa: BLE001 - Redis down: the events cannot be had
+            logger.warning("reading history of %s failed: %s", channel, exc)
+            if upto is not None:
+                self._resync(channel, state, upto)
             return
-        state.last = offset
+        if read.position.epoch != state.epoch:
+            return  # history restarted: the next live event (or position check) realigns
+        frames = [(offset, frame) for offset, frame in read.frames if upto is None or offset <= upto]
+        start = frames[0][0] if frames else (upto or read.position.offset) + 1
+        if start > state.last + 1:
+            self._resync(channel, state, start - 1)
+        for offset, frame in frames:
+            self._deliver_run(state, offset, [frame])
+
+    def _resync(self, channel: str, state: _Channel, offset: int) -> None:
+        """Skip to `offset`: the events up to it cannot be delivered, and the subscribers are
+        told so (DESIGN §5: `recovered: false` means "refetch your state")."""
+        assert state.last is not None
+        logger.warning("%s: events %d-%d are no longer in history; subscribers told", channel, state.last + 1, offset)
+        self.stats.resyncs += 1
+        frame = dumps(
+            {"type": "subscribed", "channel": channel, "offset": offset, "epoch": state.epoch, "recovered": False}
+        )
         for conn in state.subscribers:
             conn.deliver(frame)
-        self.stats.delivered += len(state.subscribers)
+        state.last = offset
 
     async def _position_loop(self) -> None:
         while True:
@@ -337,12 +412,11 @@ class Hub:
             async with state.lock:
                 if state.epoch != position.epoch:
                     state.last, state.epoch = 0, position.epoch  # history restarted at offset 1
-                read = await self.history.read(channel, after=state.last, limit=HISTORY_READ_LIMIT)
-                if read.position.epoch != state.epoch:
-                    continue
-                self.stats.position_fills += bool(read.frames)
-                for offset, frame in read.frames:
-                    self._fan_out(state, offset, frame)
+                    state.held.clear()
+                before = state.last
+                await self._catch_up(channel, state)
+                self.stats.position_fills += state.last != before
+                self._release_held(state)
 
     async def _heartbeat_loop(self) -> None:
         while True:

@@ -36,6 +36,7 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "notifier_gap_fills": ("Gaps in a channel's live offsets filled from history.", ()),
     "notifier_duplicates_dropped": ("Live events dropped because they were already delivered.", ()),
     "notifier_position_fills": ("Lost events found by the periodic position check.", ()),
+    "notifier_resyncs": ("Gaps history no longer covered; subscribers were told to refetch.", ()),
     "notifier_slow_consumer_disconnects": ("Sockets closed with 4002 because they stopped reading.", ()),
     "notifier_redis_errors": ("Redis operations that failed.", ("operation",)),
 }

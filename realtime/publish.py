@@ -24,13 +24,14 @@ from .bridge import run_sync
 from .channels import InvalidChannel, group_of, policy_of, validate_channel
 from .conf import notifier_settings
 from .events import FrameTemplate, dumps, event_template, new_event_id, now
-from .history import Append, Position, get_history
+from .history import Append, Position, Stored, get_history
 
 logger = logging.getLogger(__name__)
 
 MAX_EVENT_NAME_LENGTH = 128
 SOURCES = {"celery", "client"}  # publisher names that are also metric sources; API keys are "key:<id>"
 HUB_EVENT = "hub.event"
+HUB_MESSAGE_BYTES = 256 * 1024  # a message holds one frame, or several up to this size
 
 
 class PublishError(Exception):
@@ -125,7 +126,7 @@ async def apublish(
     started = time.perf_counter()
     event_id, items = _prepare(channels, event, data, sender)
     if idempotency_key is None:
-        result = await _store_and_send(event_id, items)
+        (result,) = await _store_and_send([(event_id, items)])
         _count_publish(publisher, started)
         return result
     store, key = idempotency.get_store(), idempotency.store_key(publisher, idempotency_key)
@@ -138,7 +139,7 @@ async def apublish(
     if claimed.answer is not None:
         return PublishResult.from_dict(claimed.answer)
     try:
-        result = await _store_and_send(event_id, items)
+        (result,) = await _store_and_send([(event_id, items)])
     except BaseException:
         with contextlib.suppress(RedisError, OSError):
             await store.release(key)
@@ -178,30 +179,6 @@ def _append_item(channel: str, template: FrameTemplate) -> Append:
     )
 
 
-async def _store_and_send(event_id: str, items: list[Append]) -> PublishResult:
-    layer = get_channel_layer()
-    try:
-        stored = await get_history().append(items)
-        for item, record in zip(items, stored, strict=True):
-            message = {
-                "type": HUB_EVENT,
-                "channel": item.channel,
-                "offset": record.position.offset,
-                "epoch": record.position.epoch,
-                "frame": record.frame,
-            }
-            try:
-                await layer.group_send(group_of(item.channel), message)
-            except RedisConnectionError:
-                # A connection left stale by a Redis restart fails once, then reconnects.
-                await layer.group_send(group_of(item.channel), message)
-    except (RedisError, OSError) as exc:
-        logger.warning("publish failed: %s: %s", type(exc).__name__, exc)
-        metrics.inc("notifier_redis_errors", operation="publish")
-        raise Unavailable("Redis is unavailable; the event was not published") from exc
-    return PublishResult(event_id, {i.channel: r.position for i, r in zip(items, stored, strict=True)})
-
-
 @dataclass(frozen=True)
 class PublishRequest:
     """One event of `apublish_many`: the arguments of `apublish`."""
@@ -229,7 +206,7 @@ async def apublish_many(requests: Sequence[PublishRequest]) -> list[PublishResul
         if not run:
             return
         try:
-            results = await _store_and_send_many([(event_id, items) for _, event_id, items, _ in run])
+            results = await _store_and_send([(event_id, items) for _, event_id, items, _ in run])
         except Unavailable as exc:
             for index, *_ in run:
                 answers[index] = exc
@@ -266,26 +243,13 @@ async def apublish_many(requests: Sequence[PublishRequest]) -> list[PublishResul
     return answers  # type: ignore[return-value]
 
 
-async def _store_and_send_many(events: list[tuple[str, list[Append]]]) -> list[PublishResult]:
-    """`_store_and_send` for several events: one history round trip, one pipelined send."""
-    layer = get_channel_layer()
+async def _store_and_send(events: list[tuple[str, list[Append]]]) -> list[PublishResult]:
+    """Store events (one history round trip for all) and send them to their channels' groups:
+    one message per channel carrying its frames in offset order, all in one round trip."""
     items = [item for _, appends in events for item in appends]
     try:
         stored = await get_history().append(items)
-        messages = [
-            (
-                group_of(item.channel),
-                {
-                    "type": HUB_EVENT,
-                    "channel": item.channel,
-                    "offset": record.position.offset,
-                    "epoch": record.position.epoch,
-                    "frame": record.frame,
-                },
-            )
-            for item, record in zip(items, stored, strict=True)
-        ]
-        await _group_send_many(layer, messages)
+        await _group_send_many(get_channel_layer(), hub_messages(items, stored))
     except (RedisError, OSError) as exc:
         logger.warning("publish failed: %s: %s", type(exc).__name__, exc)
         metrics.inc("notifier_redis_errors", operation="publish")
@@ -298,14 +262,44 @@ async def _store_and_send_many(events: list[tuple[str, list[Append]]]) -> list[P
     return results
 
 
+def hub_messages(items: Sequence[Append], stored: Sequence[Stored]) -> list[tuple[str, dict[str, Any]]]:
+    """(group, message) per channel: `frames` holds consecutive offsets from `offset` on, at
+    most HUB_MESSAGE_BYTES of them (Redis disconnects a pub/sub reader that lags 8-32 MB)."""
+    runs: dict[str, dict[str, Any]] = {}  # channel -> its message being filled
+    sizes: dict[str, int] = {}  # channel -> bytes of frames in that message
+    messages: list[tuple[str, dict[str, Any]]] = []
+    for item, record in zip(items, stored, strict=True):
+        channel, position, frame = item.channel, record.position, record.frame
+        run = runs.get(channel)
+        if (
+            run is None
+            or run["epoch"] != position.epoch
+            or run["offset"] + len(run["frames"]) != position.offset
+            or sizes[channel] + len(frame) > HUB_MESSAGE_BYTES
+        ):
+            run = runs[channel] = {
+                "type": HUB_EVENT,
+                "channel": channel,
+                "offset": position.offset,
+                "epoch": position.epoch,
+                "frames": [],
+            }
+            sizes[channel] = 0
+            messages.append((group_of(channel), run))
+        run["frames"].append(frame)
+        sizes[channel] += len(frame)
+    return messages
+
+
 async def _group_send_many(layer: Any, messages: list[tuple[str, dict[str, Any]]]) -> None:
-    """group_send each message; on the Redis pub/sub layer, as one pipeline per Redis shard.
+    """group_send each message; on the Redis pub/sub layer with several messages, as one
+    pipeline per Redis shard.
 
     `RedisPubSubChannelLayer.group_send` takes a lock and waits for each PUBLISH in turn. The
     pipeline publishes to the same pub/sub channels, serialized by the same layer, on the same
     connection (under the same lock), in order.
     """
-    loop_layer = layer._get_layer() if isinstance(layer, RedisPubSubChannelLayer) else None
+    loop_layer = layer._get_layer() if isinstance(layer, RedisPubSubChannelLayer) and len(messages) > 1 else None
     if loop_layer is None or not all(hasattr(loop_layer, a) for a in ("_get_group_channel_name", "_get_shard")):
         for group, message in messages:
             try:

@@ -7,10 +7,14 @@ BlockingConnectionPool waits for a free connection instead, so a burst queues ra
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import weakref
+from collections.abc import Sequence
+from typing import Any
 
 from redis import asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from .conf import notifier_settings
 
@@ -35,3 +39,48 @@ def get_redis() -> aioredis.Redis:
         client = aioredis.Redis(connection_pool=pool)
         _clients[loop] = client
     return client
+
+
+Call = tuple[Sequence[str], Sequence[Any]]  # (keys, args) of one script call
+
+
+class LuaScript:
+    """A Lua script run with EVALSHA, and loaded again when Redis answers NOSCRIPT (a restarted
+    or flushed Redis).
+
+    redis-py's `Script`, used in a pipeline, sends `SCRIPT EXISTS` before every `execute`: one
+    more round trip per publish. Here a pipeline holds one call per key set; a call refused with
+    NOSCRIPT ran nothing, so running it again after `SCRIPT LOAD` is safe.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+
+    async def run(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        redis = get_redis()
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await redis.script_load(self.source)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+
+    async def run_many(self, calls: Sequence[Call]) -> list[Any]:
+        """Every call in one pipelined round trip (two after a NOSCRIPT); results in call order."""
+        redis = get_redis()
+        results = await self._pipelined(redis, calls)
+        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if missing:
+            await redis.script_load(self.source)
+            for i, result in zip(missing, await self._pipelined(redis, [calls[i] for i in missing]), strict=True):
+                results[i] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+    async def _pipelined(self, redis: aioredis.Redis, calls: Sequence[Call]) -> list[Any]:
+        async with redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.evalsha(self.sha, len(keys), *keys, *args)
+            return list(await pipe.execute(raise_on_error=False))

@@ -6,9 +6,13 @@ from typing import Any
 
 import pytest
 from channels.layers import channel_layers
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
 from api.models import ApiKey, hash_key
+from api.serializers import NotifyRequestSerializer, quick_notify_attrs
 
 pytestmark = pytest.mark.django_db
 
@@ -131,3 +135,52 @@ def test_metrics_and_readiness_in_the_embedded_mode(client: APIClient) -> None:
     assert "notifier_publish_latency_seconds_bucket" in text
     ready = APIClient().get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"]["channel_layer"]["ok"] is True
+
+
+# Bodies near the rules of NotifyRequestSerializer: valid ones, and valid ones with one field
+# replaced by something it refuses or would change (blank, padded, too long, another type, a
+# trailing newline, a namespace that does not exist, an unknown field).
+_odd = st.one_of(
+    st.sampled_from(["", " x", "x ", "news\n", "a b", "é", "x" * 129, "nope:x", 5, -1, 1.5, True, None, [], ["x"]]),
+    st.text(max_size=4),
+)
+_channel = st.sampled_from(["news", "chat:room-1", "user:42", "private:x", "a.b-c@d=e", "x" * 128])
+_user = st.one_of(st.sampled_from(["42", "a@b.c", "x" * 64, "Z_9-.=@"]), st.integers(0, 99))
+_name = st.one_of(st.sampled_from(["created", "x", "x" * 128, "order.paid", "a\tb"]), st.text(min_size=1, max_size=5))
+_valid = st.fixed_dictionaries(
+    {"event": _name},
+    optional={
+        "channel": _channel,
+        "channels": st.lists(_channel, min_size=1, max_size=3),
+        "user": _user,
+        "users": st.lists(_user, min_size=1, max_size=3),
+        "data": st.one_of(_odd, st.dictionaries(st.text(max_size=3), _odd, max_size=2)),
+        "idempotency_key": _name,
+    },
+)
+_fields = st.sampled_from(["channel", "channels", "user", "users", "event", "idempotency_key", "extra"])
+_bodies = st.one_of(
+    _valid,
+    st.tuples(_valid, _fields, st.one_of(_odd, st.lists(_odd, max_size=2))).map(lambda b: {**b[0], b[1]: b[2]}),
+    _odd,
+)
+
+
+@hypothesis_settings(max_examples=500)
+@given(_bodies)
+def test_quick_validation_accepts_only_what_the_serializer_accepts_with_the_same_data(body: Any) -> None:
+    quick = quick_notify_attrs(body)
+    if quick is None:
+        return  # the serializer decides, as it always did
+    serializer = NotifyRequestSerializer(data=body)
+    assert serializer.is_valid(), (body, serializer.errors)
+    assert dict(serializer.validated_data) == quick
+
+
+def test_quick_validation_takes_ordinary_bodies() -> None:
+    """The fast route is only fast if ordinary events do not fall back to DRF."""
+    for body in [
+        {"channel": "news", "event": "created", "data": {"id": 1}},
+        {"channels": ["a", "b"], "user": 42, "users": ["7", "8"], "event": "x", "idempotency_key": "k-1"},
+    ]:
+        assert quick_notify_attrs(body) is not None, body

@@ -25,7 +25,9 @@ def test_valid_names(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["", " ", "has space", "ünïcode", "a/b", ":lead", "trail:", "x" * (MAX_CHANNEL_LENGTH + 1), 5, None, ["a"]]
+    "name",
+    ["", " ", "has space", "ünïcode", "a/b", ":lead", "trail:", "news\n", "x" * (MAX_CHANNEL_LENGTH + 1)]
+    + [5, None, ["a"]],
 )
 def test_invalid_names(name: object) -> None:
     with pytest.raises(InvalidChannel):

@@ -109,3 +109,20 @@ async def test_redis_history_sets_ttl(redis_settings: RedisServer) -> None:
     await history.append([item("g", 1, ttl=30)])
     with redis_settings.client() as client:
         assert 0 < client.ttl("ttl:h:g:log") <= 30 and 0 < client.ttl("ttl:h:g:meta") <= 30
+
+
+async def test_a_batch_keeps_each_channels_order_and_trims_to_size(history: History) -> None:
+    items = [item("m", n, size=5) if n % 2 else item("n", n) for n in range(12)]
+    stored = await history.append(items)
+    assert [s.position.offset for s in stored] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]
+    page = await history.read("m", after=0, limit=100)
+    assert [o for o, _ in page.frames] == [2, 3, 4, 5, 6] and not page.complete
+    assert page.frames[-1][1] == stored[11].frame
+
+
+async def test_redis_history_reloads_its_script_after_script_flush(redis_settings: RedisServer) -> None:
+    history = RedisHistory("noscript")
+    await history.append([item("s", 1)])
+    redis_settings.command("SCRIPT", "FLUSH")
+    stored = await history.append([item("s", 2), item("t", 1)])
+    assert [s.position.offset for s in stored] == [2, 1]

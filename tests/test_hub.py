@@ -16,6 +16,7 @@ from realtime.connection import OUTBOX_MAX_FRAMES, Connection
 from realtime.events import event_template
 from realtime.history import Append, MemoryHistory, Position
 from realtime.hub import Hub
+from realtime.publish import hub_messages
 
 
 class Socket:
@@ -42,22 +43,16 @@ async def hub() -> AsyncIterator[Hub]:
     await hub.stop()
 
 
-async def store(hub: Hub, channel: str, count: int) -> list[dict[str, Any]]:
-    """Append events to history only, as if their live messages were lost."""
+async def store(hub: Hub, channel: str, count: int, per_message: int = 1) -> list[dict[str, Any]]:
+    """Append events to history only, as if their live messages were lost; returns the hub
+    messages publish() would have sent, `per_message` events each."""
     messages = []
-    for n in range(count):
-        (stored,) = await hub.history.append(
-            [Append(channel, event_template(channel, f"i{n}", "e", "null", 0.0), 100, 60)]
-        )
-        messages.append(
-            {
-                "type": "hub.event",
-                "channel": channel,
-                "offset": stored.position.offset,
-                "epoch": stored.position.epoch,
-                "frame": stored.frame,
-            }
-        )
+    for n in range(0, count, per_message):
+        items = [
+            Append(channel, event_template(channel, f"i{n + i}", "e", "null", 0.0), 100, 60) for i in range(per_message)
+        ]
+        stored = await hub.history.append(items)
+        messages.extend(message for _, message in hub_messages(items, stored))
     return messages
 
 
@@ -74,15 +69,61 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def test_gap_is_filled_from_history_and_duplicates_dropped(hub: Hub) -> None:
+@pytest.fixture
+def short_gap_wait(monkeypatch: pytest.MonkeyPatch) -> float:
+    monkeypatch.setattr("realtime.hub.GAP_WAIT_SECS", 0.02)
+    return 0.02
+
+
+async def test_a_gap_that_does_not_close_is_filled_from_history(hub: Hub, short_gap_wait: float) -> None:
     socket = await connect(hub, "a")
     messages = await store(hub, "a", 3)
-    await hub.on_event(messages[2])  # 1 and 2 never arrived live
-    await hub.on_event(messages[1])  # late duplicate
-    await hub.on_event(messages[2])  # duplicate
+    await hub.on_event(messages[2])  # 1 and 2 never arrive live
+    await hub.on_event(messages[2])  # a duplicate, also held
+    await settle()
+    assert socket.offsets() == []  # waiting for the earlier events
+    await asyncio.sleep(short_gap_wait * 5)
+    await hub.on_event(messages[1])  # late: dropped
     await settle()
     assert socket.offsets() == [1, 2, 3]
-    assert hub.stats.gap_fills == 1 and hub.stats.duplicates_dropped == 2
+    assert hub.stats.gap_fills == 1 and hub.stats.duplicates_dropped == 2 and hub.stats.resyncs == 0
+
+
+async def test_messages_that_race_are_put_back_in_order_without_history(hub: Hub) -> None:
+    socket = await connect(hub, "h")
+    first, second, third = await store(hub, "h", 9, per_message=3)
+    assert [m["offset"] for m in (first, second, third)] == [1, 4, 7] and len(first["frames"]) == 3
+    hub.history = MemoryHistory()  # so any history read would find nothing
+    await hub.on_event(third)
+    await hub.on_event({**second, "offset": 3, "frames": [first["frames"][-1], *second["frames"]]})  # 3 twice
+    await settle()
+    assert socket.offsets() == []
+    await hub.on_event(first)
+    await settle()
+    assert socket.offsets() == list(range(1, 10))
+    assert hub.stats.gap_fills == 0 and hub.stats.duplicates_dropped == 1
+
+
+async def test_a_gap_history_no_longer_covers_is_announced_then_delivery_goes_on(
+    hub: Hub, short_gap_wait: float
+) -> None:
+    socket = await connect(hub, "t")
+    items = [Append("t", event_template("t", f"i{n}", "e", "null", 0.0), 2, 60) for n in range(5)]
+    stored = await hub.history.append(items)  # history keeps the last 2 of 5
+    (message,) = [m for _, m in hub_messages(items[4:], stored[4:])]
+    await hub.on_event(message)  # 1-4 never arrive live; history still has 4 (and 5), not 1-3
+    await asyncio.sleep(short_gap_wait * 5)
+    frames = [json.loads(m["text"]) for m in socket.sent if m["type"] == "websocket.send"]
+    assert [f["type"] for f in frames] == ["subscribed", "event", "event"]
+    assert frames[0] == {
+        "type": "subscribed",
+        "channel": "t",
+        "offset": 3,
+        "epoch": message["epoch"],
+        "recovered": False,
+    }
+    assert socket.offsets() == [4, 5]
+    assert hub.stats.resyncs == 1
 
 
 async def test_position_check_delivers_a_lost_last_event(hub: Hub) -> None:

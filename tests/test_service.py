@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
 
@@ -84,6 +85,8 @@ HTTP_BAD_INPUT = [
     (b'{"channels": "news", "event": "x"}', 400, "invalid"),
     (b'{"channel": "news", "event": "x", "surprise": 1}', 400, "invalid"),
     (b'{"user": "4 2", "event": "x"}', 400, "invalid"),
+    (b'{"user": "42\\n", "event": "x"}', 400, "invalid"),
+    (b'{"channel": "news\\n", "event": "x"}', 400, "invalid"),
     (b'{"channel": "news", "event": "x", "data": "' + b"a" * (70 * 1024) + b'"}', 413, "payload_too_large"),
 ]
 
@@ -106,7 +109,9 @@ async def test_bad_http_input_gets_documented_errors_and_others_keep_receiving(
     await watcher.close()
 
 
-async def test_api_keys_missing_unknown_and_revoked(servers: tuple[Server, Server], service_db: Path) -> None:
+async def test_api_keys_missing_unknown_and_revoked(
+    servers: tuple[Server, Server], service_db: Path, redis_server: RedisServer
+) -> None:
     url = f"{servers[0].http}/api/notify"
     body = {"channel": "news", "event": "x"}
     assert post_json(url, body)[1]["code"] == "missing_api_key"
@@ -115,13 +120,37 @@ async def test_api_keys_missing_unknown_and_revoked(servers: tuple[Server, Serve
     status, answer = post_json(url, None, raw=b"{}", key=None)
     assert status == 401
 
-    env = service_env(None, service_db)
+    # Revoked where the service's Redis is configured (admin, shell): refused at the next request
+    # by every process, though each has the key cached.
+    env = service_env(redis_server.url, service_db)
     key = manage(env, "create_api_key", "to-revoke").strip().splitlines()[-1]
     assert post_json(url, body, key)[0] == 202
-    revoke = "from api.models import ApiKey; [k.revoke() for k in ApiKey.objects.filter(name='to-revoke')]"
-    manage(env, "shell", "-c", revoke)
-    status, answer = post_json(url, body, key)
-    assert (status, answer["code"]) == (401, "invalid_api_key")
+    assert post_json(f"{servers[1].http}/api/notify", body, key)[0] == 202
+    manage(env, "shell", "-c", REVOKE.format(name="to-revoke"))
+    for server in servers:
+        status, answer = post_json(f"{server.http}/api/notify", body, key)
+        assert (status, answer["code"]) == (401, "invalid_api_key")
+
+
+REVOKE = "from api.models import ApiKey; [k.revoke() for k in ApiKey.objects.filter(name={name!r})]"
+
+
+async def test_a_key_revoked_without_redis_is_refused_within_the_cache_lifetime(
+    servers: tuple[Server, Server], service_db: Path
+) -> None:
+    from api.keys import KEY_CACHE_SECS
+
+    url = f"{servers[0].http}/api/notify"
+    body = {"channel": "news", "event": "x"}
+    env = service_env(None, service_db)  # a script run without REDIS_URL cannot tell the processes
+    key = manage(env, "create_api_key", "revoked-offline").strip().splitlines()[-1]
+    assert post_json(url, body, key)[0] == 202
+    manage(env, "shell", "-c", REVOKE.format(name="revoked-offline"))
+    deadline = time.monotonic() + KEY_CACHE_SECS + 10  # generous: only stops a hang
+    while post_json(url, body, key)[0] == 202:
+        assert time.monotonic() < deadline, "a revoked key was still accepted long after the cache lifetime"
+        await asyncio.sleep(0.2)
+    assert post_json(url, body, key)[1]["code"] == "invalid_api_key"
 
 
 WS_GARBAGE = [

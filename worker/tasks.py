@@ -8,7 +8,7 @@ from typing import Any
 from celery import Task, shared_task
 from rest_framework.exceptions import ValidationError
 
-from api.serializers import NotifyRequestSerializer
+from api.serializers import validated_notify
 from realtime.publish import PublishError, Unavailable, publish
 
 logger = logging.getLogger(__name__)
@@ -31,12 +31,10 @@ class InvalidNotification(Exception):
 )
 def notify(self: Task, **body: Any) -> dict[str, Any]:
     """Publish one event; returns the notify answer (id and per-channel offset/epoch)."""
-    serializer = NotifyRequestSerializer(data=body)
     try:
-        serializer.is_valid(raise_exception=True)
+        attrs = validated_notify(body)
     except ValidationError as exc:
         raise InvalidNotification(str(exc.detail)) from None
-    attrs = serializer.validated_data
     try:
         return publish(
             attrs["targets"],

@@ -785,10 +785,20 @@ export class NotifierClient {
    */
   _onSubscribed(frame) {
     const entry = typeof frame.channel === "string" ? this._channels.get(frame.channel) : undefined;
-    if (!entry || entry.status !== "subscribing") return;
+    if (!entry) return;
     const latest = typeof frame.offset === "number" ? frame.offset : 0;
     const epoch = typeof frame.epoch === "string" ? frame.epoch : "";
     const recovered = frame.recovered !== false;
+    if (entry.status === "subscribed" && !recovered) {
+      // Mid-stream: the server skipped events its history no longer had. Events go on after
+      // `offset`; the page is told, as on a subscribe, so it can refetch its state.
+      entry.epoch = epoch;
+      entry.offset = latest;
+      this._savePosition(entry);
+      this._emit("subscribed", { channel: entry.channel, recovered, offset: latest, epoch });
+      return;
+    }
+    if (entry.status !== "subscribing") return;
     entry.status = "subscribed";
     entry.retries = 0;
     entry.epoch = epoch;

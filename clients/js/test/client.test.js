@@ -132,6 +132,23 @@ test("recovered:false is surfaced when history no longer covers since", async (t
   assert.deepEqual(got, [3]);
 });
 
+test("a subscribed frame with recovered:false mid-stream is surfaced and delivery goes on after it", async (t) => {
+  const { server, client } = await setup(t);
+  const got = [];
+  client.subscribe("news", (event) => got.push(event.offset));
+  await nextEvent(client, "subscribed");
+  server.publish("news", "a", 1);
+  await until(() => got.length === 1);
+  const resync = nextEvent(client, "subscribed");
+  server.last.send({ type: "subscribed", channel: "news", offset: 5, epoch: "e1", recovered: false });
+  assert.deepEqual(await resync, { channel: "news", recovered: false, offset: 5, epoch: "e1" });
+  for (const offset of [5, 6]) {
+    server.last.send({ type: "event", channel: "news", offset, epoch: "e1", id: `i${offset}`, event: "e", data: null, ts: 1 });
+  }
+  await until(() => got.length === 2);
+  assert.deepEqual(got, [1, 6]);
+});
+
 test("no reconnect after a terminal close code (4501)", async (t) => {
   const { server, client } = await setup(t);
   const errors = [];
