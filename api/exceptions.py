@@ -83,6 +83,14 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     return response
 
 
+def batch_error(exc: Exception) -> dict[str, Any]:
+    """A refused event of a batch: `{"error": {"code", "message", "details"}}` in its slot."""
+    response = exception_handler(exc, {})
+    assert response is not None
+    error = response.data
+    return {"error": {"code": error["code"], "message": error["message"], "details": error["details"]}}
+
+
 def _body_of(exc: exceptions.APIException) -> dict[str, Any]:
     if isinstance(exc, exceptions.ValidationError):
         details = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}

@@ -32,9 +32,10 @@ from realtime.conf import notifier_settings
 from realtime.events import dumps
 from realtime.publish import PublishError, PublishRequest, PublishResult, Unavailable, apublish, apublish_many
 
-from .exceptions import InvalidApiKey, PayloadTooLarge, exception_handler
+from .exceptions import InvalidApiKey, PayloadTooLarge, batch_error, exception_handler
 from .keys import KeyCache
 from .models import ApiKey, hash_key
+from .permissions import check_key_channels
 from .serializers import BatchRequestSerializer, validated_notify
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class FastPublishApp:
         publisher = f"key:{key.pk}"
         if not batch:
             attrs = validated_notify(parsed)
-            _check_channels(key, attrs["targets"])
+            check_key_channels(key, attrs["targets"])
             result = await apublish(
                 attrs["targets"],
                 attrs["event"],
@@ -117,7 +118,7 @@ class FastPublishApp:
         for index, body in enumerate(events):
             try:
                 attrs = validated_notify(body)
-                _check_channels(key, attrs["targets"])
+                check_key_channels(key, attrs["targets"])
             except (exceptions.APIException, PublishError) as exc:
                 results.append(batch_error(exc))
                 continue
@@ -165,22 +166,6 @@ def _parse(body: bytes, too_large: bool) -> tuple[Any, exceptions.APIException |
         return json.loads(body), None
     except (ValueError, UnicodeDecodeError) as exc:
         return None, exceptions.ParseError(f"JSON parse error - {exc}")
-
-
-def _check_channels(key: ApiKey, channels: list[str]) -> None:
-    refused = key.disallowed(channels)
-    if refused:
-        error = exceptions.PermissionDenied(f"this API key may not use {refused[0]!r}")
-        error.notifier_details = {"channels": refused}  # type: ignore[attr-defined]
-        raise error
-
-
-def batch_error(exc: Exception) -> dict[str, Any]:
-    """A refused event of a batch, as NotifyBatchView.publish_one answers it."""
-    response = exception_handler(exc, {})
-    assert response is not None
-    error = response.data
-    return {"error": {"code": error["code"], "message": error["message"], "details": error["details"]}}
 
 
 def _error(exc: Exception) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from rest_framework import exceptions
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 from .authentication import Publisher
+from .models import ApiKey
 
 
 class HasScope(BasePermission):
@@ -22,3 +24,12 @@ class HasScope(BasePermission):
             return False
         self.message = f"this API key lacks the {view.required_scope!r} scope"
         return user.key.has_scope(view.required_scope)
+
+
+def check_key_channels(key: ApiKey, channels: list[str]) -> None:
+    """Refuse (403, the refused channels in `details`) channels outside the key's patterns."""
+    refused = key.disallowed(channels)
+    if refused:
+        error = exceptions.PermissionDenied(f"this API key may not use {refused[0]!r}")
+        error.notifier_details = {"channels": refused}  # type: ignore[attr-defined]
+        raise error

@@ -21,8 +21,8 @@ from realtime.publish import PublishError, PublishResult, Unavailable, publish
 from realtime.tokens import mint_connection_token, mint_subscription_token
 
 from .authentication import Publisher, publisher_of
-from .exceptions import exception_handler
-from .permissions import HasScope
+from .exceptions import batch_error
+from .permissions import HasScope, check_key_channels
 from .serializers import (
     BatchRequestSerializer,
     BatchResultSerializer,
@@ -50,11 +50,7 @@ class KeyScopedView(APIView):
     def check_channels(self, request: Request, channels: list[str]) -> None:
         user = request.user
         assert isinstance(user, Publisher)
-        refused = user.key.disallowed(channels)
-        if refused:
-            error = exceptions.PermissionDenied(f"this API key may not use {refused[0]!r}")
-            error.notifier_details = {"channels": refused}  # type: ignore[attr-defined]
-            raise error
+        check_key_channels(user.key, channels)
 
 
 def publish_validated(attrs: dict[str, Any], publisher: str) -> PublishResult:
@@ -106,10 +102,7 @@ class NotifyBatchView(KeyScopedView):
             self.check_channels(request, serializer.validated_data["targets"])
             return publish_validated(serializer.validated_data, publisher_of(request)).as_dict()
         except (exceptions.APIException, PublishError) as exc:
-            response = exception_handler(exc, {})
-            assert response is not None
-            error = response.data
-            return {"error": {"code": error["code"], "message": error["message"], "details": error["details"]}}
+            return batch_error(exc)
 
 
 class ChannelReadView(KeyScopedView):

@@ -52,18 +52,21 @@ class NotifierSettings:
     """Attribute access to NOTIFIER settings with defaults; unknown names raise."""
 
     def __init__(self) -> None:
-        self._cache: dict[str, Any] = {}
+        self._read: set[str] = set()
 
     def __getattr__(self, name: str) -> Any:
+        """The first read of a setting; it is then kept as an attribute (the hot path reads
+        some on every event), until `reload`."""
         if name.startswith("_") or name not in DEFAULTS:
             raise AttributeError(f"Unknown NOTIFIER setting: {name!r}")
-        if name not in self._cache:
-            user = getattr(settings, "NOTIFIER", {})
-            unknown = set(user) - set(DEFAULTS)
-            if unknown:
-                raise AttributeError(f"Unknown NOTIFIER settings: {sorted(unknown)}")
-            self._cache[name] = user.get(name, DEFAULTS[name])
-        return self._cache[name]
+        user = getattr(settings, "NOTIFIER", {})
+        unknown = set(user) - set(DEFAULTS)
+        if unknown:
+            raise AttributeError(f"Unknown NOTIFIER settings: {sorted(unknown)}")
+        value = user.get(name, DEFAULTS[name])
+        setattr(self, name, value)
+        self._read.add(name)
+        return value
 
     @property
     def embedded(self) -> bool:
@@ -71,7 +74,9 @@ class NotifierSettings:
         return not self.REDIS_URL
 
     def reload(self) -> None:
-        self._cache.clear()
+        for name in self._read:
+            delattr(self, name)
+        self._read.clear()
 
 
 notifier_settings = NotifierSettings()
