@@ -23,7 +23,7 @@ EXPECTED = {
     "latency": ["raw ASGI", "notifier (uvicorn)"],
     "memory": ["raw ASGI", "notifier (uvicorn)"],
     "publish": ["raw ASGI POST", "POST /api/notify,", "POST /api/notify/batch"],
-    "celery": ["1 worker"],
+    "celery": ["queued tasks", "ack_emulation off"],
     "recovery": ["sockets resubscribe"],
     "servers": ["production", "permessage-deflate", "daphne"],
 }
