@@ -61,7 +61,7 @@ check: install $(JS)/node_modules/.installed
 # Benchmarks (docs/benchmarks.md): its own Redis, Uvicorn, Celery and a Node load generator, about
 # 10 minutes. Pick with BENCH=fanout,latency,... SUBSCRIBERS=1000,10000 REPEAT=3, or SMOKE=1.
 bench: install
-	$(BIN)/python bench/run.py $(if $(SMOKE),--smoke) --only "$(BENCH)" --subscribers "$(SUBSCRIBERS)" --repeat "$(or $(REPEAT),1)"
+	$(BIN)/python bench/run.py $(if $(SMOKE),--smoke) --only "$(BENCH)" --subscribers "$(SUBSCRIBERS)" --repeat "$(or $(REPEAT),1)" $(if $(BENCH_JSON),--json "$(BENCH_JSON)")
 
 clean:
 	rm -rf $(VENV) $(JS)/node_modules .pytest_cache .mypy_cache .ruff_cache $(RUN_DIR)
