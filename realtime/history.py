@@ -62,6 +62,9 @@ class History(Protocol):
     async def positions(self, channels: Sequence[str]) -> list[Position]: ...
 
 
+MAX_OFFSET = 2**53 - 1  # no channel gets near it; clients' `since` may be anything
+
+
 def new_epoch() -> str:
     return secrets.token_hex(4)
 
@@ -126,6 +129,7 @@ class RedisHistory:
 
     async def read(self, channel: str, after: int, limit: int) -> Slice:
         meta, log = self._keys(channel)
+        after = min(after, MAX_OFFSET)  # beyond any offset; Redis refuses stream ids over 2^64 - 1
         async with get_redis().pipeline(transaction=True) as pipe:
             pipe.hmget(meta, "epoch", "offset")
             pipe.xrange(log, min=f"({after}-0" if after > 0 else "-", max="+", count=limit)

@@ -126,3 +126,9 @@ async def test_redis_history_reloads_its_script_after_script_flush(redis_setting
     redis_settings.command("SCRIPT", "FLUSH")
     stored = await history.append([item("s", 2), item("t", 1)])
     assert [s.position.offset for s in stored] == [2, 1]
+
+
+async def test_reading_after_an_offset_beyond_any_is_empty_not_an_error(history: History) -> None:
+    await history.append([item("big", 1)])
+    page = await history.read("big", after=897857134864675494690816, limit=10)  # found by schemathesis
+    assert page.frames == [] and page.complete and page.position.offset == 1
