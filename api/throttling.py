@@ -1,7 +1,10 @@
-"""Per-key publish rate: a fixed-window counter in Django's cache (Redis in production).
+"""Per-key publish rate: a fixed-window counter. A batch counts each of its events.
 
-DRF's SimpleRateThrottle keeps a list of timestamps per key, which costs O(rate) per request;
-a counter costs one INCR. A batch counts each of its events.
+This throttle serves the DRF publish views, which answer in the embedded mode (the counter
+is then in Django's local-memory cache). With Redis, POST /api/notify(/batch) take the
+publish route of api/fast.py, which counts the same windows of `parse_rate` in Redis, in the
+round trip that also checks its API key (api/keys.py). DRF's SimpleRateThrottle keeps a list
+of timestamps per key, which costs O(rate) per request; a counter costs one INCR.
 """
 
 from __future__ import annotations
