@@ -291,7 +291,7 @@ class Hub:
                 state.held.clear()
             if first > state.last + 1:
                 state.held.append((first, frames))
-                if state.gap_timer is None:
+                if state.gap_timer is None or state.gap_timer.done():
                     state.gap_timer = asyncio.get_running_loop().create_task(self._close_gap(channel, state))
                 return
             self._deliver_run(state, first, frames)
@@ -338,15 +338,18 @@ class Hub:
         """The earlier frames did not come: read them from history, then deliver what was held."""
         await asyncio.sleep(GAP_WAIT_SECS)
         async with state.lock:
-            while state.held and state.last is not None:
-                upto = min(first for first, _ in state.held) - 1
-                if upto > state.last:
-                    self.stats.gap_fills += 1
-                    await self._catch_up(channel, state, upto)
-                    if state.last < upto:  # history restarted meanwhile: the gap is gone for good
-                        self._resync(channel, state, upto)
-                self._release_held(state)
-            state.gap_timer = None
+            try:
+                while state.held and state.last is not None:
+                    upto = min(first for first, _ in state.held) - 1
+                    if upto > state.last:
+                        self.stats.gap_fills += 1
+                        await self._catch_up(channel, state, upto)
+                        if state.last < upto:  # history restarted meanwhile: the gap is gone for good
+                            self._resync(channel, state, upto)
+                    self._release_held(state)
+            finally:
+                if state.gap_timer is asyncio.current_task():
+                    state.gap_timer = None
 
     async def _catch_up(self, channel: str, state: _Channel, upto: int | None = None) -> None:
         """Deliver history after the last delivered offset (up to `upto`). Where history no
@@ -454,9 +457,10 @@ class Hub:
                 logger.warning("presence refresh failed: %s", exc)
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        timers = [state.gap_timer for state in self._channels.values() if state.gap_timer is not None]
+        for task in [*self._tasks, *timers]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *timers, return_exceptions=True)
         self._tasks = []
 
 

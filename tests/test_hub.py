@@ -243,3 +243,13 @@ async def test_a_socket_that_stops_reading_is_closed_as_too_slow() -> None:
     await settle()
     assert sent[-1] == {"type": "websocket.close", "code": CloseCode.TOO_SLOW}
     assert len(sent) == 2  # the frame in flight, then the close: the backlog was dropped
+
+
+async def test_stopping_the_hub_cancels_a_pending_gap_wait(hub: Hub) -> None:
+    await connect(hub, "s")
+    messages = await store(hub, "s", 2)
+    await hub.on_event(messages[1])  # waits GAP_WAIT_SECS for offset 1
+    timer = hub._channels["s"].gap_timer
+    assert timer is not None and not timer.done()
+    await hub.stop()
+    assert timer.cancelled()
