@@ -20,14 +20,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import redis
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections, transaction
 from redis.exceptions import RedisError
 
+from realtime.bridge import run_sync
 from realtime.conf import notifier_settings
 from realtime.publish import Unavailable
-from realtime.redis import LuaScript
+from realtime.redis import LuaScript, get_redis
 
 from .models import ApiKey
 from .throttling import parse_rate
@@ -63,7 +63,7 @@ class KeyCache:
 
     def __init__(self) -> None:
         self._generation: bytes | None = None
-        self._keys: dict[str, tuple[ApiKey | None, float]] = {}
+        self._keys: dict[str, tuple[ApiKey, float]] = {}  # key hash -> (record, valid until)
         self._loading: dict[str, asyncio.Future[ApiKey | None]] = {}
 
     async def check(self, key_hash: str, cost: int) -> Checked:
@@ -108,24 +108,21 @@ def _load(key_hash: str) -> ApiKey | None:
         close_old_connections()
 
 
-_sync_clients: dict[str, redis.Redis] = {}
-
-
 def bump_generation(**_: Any) -> None:
     """Tell every process that keys changed (after the change is committed)."""
     transaction.on_commit(_bump)
 
 
 def _bump() -> None:
-    url = notifier_settings.REDIS_URL
-    if not url:
-        return  # embedded: the publish route reads keys from the database (api/fast.py)
+    if notifier_settings.embedded:
+        return  # the publish route reads keys from the database (api/fast.py)
     try:
-        client = _sync_clients.get(url)
-        if client is None:
-            client = _sync_clients[url] = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
-        client.incr(generation_key())
+        run_sync(_incr_generation)
     except (RedisError, OSError) as exc:
         logger.warning(
             "API key change not announced (Redis unreachable: %s); processes see it within %ss", exc, KEY_CACHE_SECS
         )
+
+
+async def _incr_generation() -> None:
+    await get_redis().incr(generation_key())
