@@ -47,10 +47,10 @@ test: test-python test-js
 
 # The JS client's end-to-end and browser tests run from pytest: they need node_modules too.
 test-python: install $(JS)/node_modules/.installed
-	env -u REDIS_URL -u DATABASE_URL $(BIN)/pytest
+	env -u REDIS_URL -u DATABASE_URL $(BIN)/pytest --durations=10
 
 test-js: $(JS)/node_modules/.installed
-	cd $(JS) && npm test
+	cd $(JS) && npm run typecheck && npm test
 
 check: install $(JS)/node_modules/.installed
 	$(BIN)/ruff check .

@@ -84,24 +84,33 @@ async def test_redis_clients_stay_flat_over_a_thousand_tasks(
         with redis_server.client() as redis:
             return sum(1 for c in redis.client_list() if c["name"] != server_name and c["cmd"] != "client|list")
 
+    def connections_received() -> int:
+        """Connections Redis ever accepted: a client opened and closed per task shows here, not above."""
+        with redis_server.client() as redis:
+            return int(redis.info("stats")["total_connections_received"])
+
     # Warm up until each worker process has its steady connections (publishing, and the
     # once-a-second metrics flush that may overlap a publish), then count.
     send_tasks(redis_server.url, channel, 0, WARM_UP)
     await client.events(WARM_UP, timeout=60)
     await asyncio.sleep(2.5)
     before = worker_side_clients()
+    opened_before = connections_received()
 
     send_tasks(redis_server.url, channel, WARM_UP, TASKS)
     events = await client.events(TASKS, timeout=120)
     await asyncio.sleep(2.5)
     after = worker_side_clients()
+    opened = connections_received() - opened_before
 
     assert sorted(e["data"]["n"] for e in events) == list(range(WARM_UP, WARM_UP + TASKS))
     assert [e["offset"] for e in events] == list(range(WARM_UP + 1, WARM_UP + 1 + TASKS))
-    print(f"redis clients: {before} before, {after} after {TASKS} tasks")
+    print(f"redis clients: {before} before, {after} after {TASKS} tasks; {opened} connections opened meanwhile")
     # A leak opens a client per task (hundreds here). A bounded pool may still open one or two
     # more when publishes overlap the metrics flush on a busy machine: that is not a leak.
     assert after <= before + 2, f"Redis client count grew from {before} to {after} over {TASKS} tasks"
+    # The sending script's own connections and this check's are a handful; one per task is a thousand.
+    assert opened <= 25, f"{opened} Redis connections were opened over {TASKS} tasks"
     assert "Task notifier.notify" in worker.log()
     await client.close()
 

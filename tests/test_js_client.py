@@ -30,7 +30,8 @@ import pytest
 
 from .support import ROOT, RedisServer, Server, post_json, service_env
 
-pytestmark = pytest.mark.integration
+# Longer than the scripts' own SCRIPT_TIMEOUT_SECS, so their clearer failure is the one reported.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 JS_DIR = ROOT / "clients" / "js"
 ARTIFACTS = ROOT / "test-artifacts"

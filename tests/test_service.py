@@ -43,6 +43,31 @@ async def test_post_reaches_every_subscriber_and_no_one_else(servers: tuple[Serv
         await client.close()
 
 
+async def test_the_readme_flow_on_the_embedded_server(service_db: Path, workdir: Path, api_key: str) -> None:
+    """`make run`'s server (no REDIS_URL): POST over HTTP reaches the socket through the in-process layer."""
+    server = Server(service_env(None, service_db), workdir)
+    try:
+        news, other = channel_name(), channel_name()
+        subscribers = [await Client.connect(server.ws) for _ in range(2)]
+        outsider = await Client.connect(server.ws)
+        for client in subscribers:
+            await client.subscribe(news)
+        await outsider.subscribe(other)
+        answer = notify(server, api_key, {"channel": news, "event": "hello", "data": {"n": 1}})
+        assert answer["channels"][news]["offset"] == 1
+        for client in subscribers:
+            (event,) = await client.events(1)
+            assert (event["id"], event["offset"], event["data"]) == (answer["id"], 1, {"n": 1})
+        batch = post_json(f"{server.http}/api/notify/batch", {"events": [{"channel": other, "event": "x"}]}, api_key)
+        assert batch[0] == 202
+        (event,) = await outsider.events(1)  # its first event is its own channel's
+        assert event["channel"] == other
+        for client in [*subscribers, outsider]:
+            await client.close()
+    finally:
+        server.stop()
+
+
 async def test_publish_through_either_process_reaches_subscribers_on_both(
     servers: tuple[Server, Server], api_key: str
 ) -> None:
@@ -114,7 +139,8 @@ async def test_api_keys_missing_unknown_and_revoked(
 ) -> None:
     url = f"{servers[0].http}/api/notify"
     body = {"channel": "news", "event": "x"}
-    assert post_json(url, body)[1]["code"] == "missing_api_key"
+    status, answer = post_json(url, body)
+    assert (status, answer["code"]) == (401, "missing_api_key")
     assert post_json(url, body, "nk_not-a-real-key") == (401, post_json(url, body, "nk_not-a-real-key")[1])
     assert post_json(url, body, "nk_not-a-real-key")[1]["code"] == "invalid_api_key"
     status, answer = post_json(url, None, raw=b"{}", key=None)
