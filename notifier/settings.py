@@ -2,7 +2,8 @@
 
 Every setting has a safe default. With no REDIS_URL the service runs in its embedded mode
 (SQLite, in-memory channel layer and history, Celery tasks run eagerly in-process), which is
-for trying it on a laptop. Production sets REDIS_URL (and DATABASE_URL).
+for trying it on a laptop. Production sets REDIS_URL (and DATABASE_URL), and
+NOTIFIER_REDIS_SENTINELS / NOTIFIER_REDIS_SENTINEL_MASTER to reach Redis through Sentinel.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import hmac
 import json
 import os
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -138,6 +141,83 @@ STATICFILES_FINDERS = [
 REDIS_CONNECT_TIMEOUT_SECS = 2
 REDIS_SOCKET_TIMEOUT_SECS = 5
 
+
+def _sentinel_address(item: str) -> tuple[str, int]:
+    """`host:port`, `host` (port 26379) or `[v6]:port`."""
+    host, port = item, "26379"
+    if item.startswith("["):
+        host, _, rest = item[1:].partition("]")
+        port = rest.removeprefix(":") or port
+    elif item.count(":") == 1:
+        host, _, port = item.partition(":")
+    if not host or not port.isdigit():
+        raise ImproperlyConfigured(f"NOTIFIER_REDIS_SENTINELS: {item!r} is not host:port")
+    return host, int(port)
+
+
+def _redis_sentinel() -> dict[str, Any] | None:
+    """NOTIFIER_REDIS_SENTINELS and NOTIFIER_REDIS_SENTINEL_MASTER, parsed once for every Redis user.
+
+    The master's address comes from the Sentinels; REDIS_URL (still required: it is what turns
+    production mode on) gives only the master's db number, username and password, and its host
+    and port are ignored.
+    """
+    sentinels = [_sentinel_address(item) for item in env_list("NOTIFIER_REDIS_SENTINELS", [])]
+    if not sentinels:
+        return None
+    master_name = env_str("NOTIFIER_REDIS_SENTINEL_MASTER", "")
+    if not master_name:
+        raise ImproperlyConfigured(
+            "NOTIFIER_REDIS_SENTINEL_MASTER must name the master when NOTIFIER_REDIS_SENTINELS is set"
+        )
+    if EMBEDDED:
+        raise ImproperlyConfigured(
+            "REDIS_URL must be set with NOTIFIER_REDIS_SENTINELS, e.g. redis://:password@mymaster/0: "
+            "its db number and password apply to the master, its host and port are ignored"
+        )
+    url = urlsplit(REDIS_URL)
+    if url.scheme != "redis":
+        raise ImproperlyConfigured(f"REDIS_URL must be redis://… with NOTIFIER_REDIS_SENTINELS (not {url.scheme}://)")
+    db = url.path.strip("/") or "0"
+    if not db.isdigit():
+        raise ImproperlyConfigured(f"REDIS_URL: the db number {db!r} is not an integer")
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_connect_timeout": REDIS_CONNECT_TIMEOUT_SECS,
+        "socket_timeout": REDIS_SOCKET_TIMEOUT_SECS,
+    }
+    if sentinel_password := env_str("NOTIFIER_REDIS_SENTINEL_PASSWORD", ""):
+        sentinel_kwargs["password"] = sentinel_password
+    master_kwargs: dict[str, Any] = {"db": int(db)}
+    if url.username:
+        master_kwargs["username"] = unquote(url.username)
+    if url.password:
+        master_kwargs["password"] = unquote(url.password)
+    return {
+        "sentinels": sentinels,
+        "master_name": master_name,
+        "sentinel_kwargs": sentinel_kwargs,  # for connections to the Sentinels
+        "master_kwargs": master_kwargs,  # for connections to the master
+    }
+
+
+# The one place that says whether Redis is reached through Sentinel: the channel layer, the
+# cache, Celery (below) and realtime.redis.get_redis all build their connections from it.
+REDIS_SENTINEL = _redis_sentinel()
+
+
+def _celery_sentinel_url(sentinel: dict[str, Any]) -> str:
+    """Kombu's form: `sentinel://:password@host:port/db;sentinel://…` (credentials are the master's)."""
+    kwargs = sentinel["master_kwargs"]
+    auth = ""
+    if "username" in kwargs or "password" in kwargs:
+        auth = f"{quote(kwargs.get('username', ''), safe='')}:{quote(kwargs.get('password', ''), safe='')}@"
+    hosts = [f"[{host}]" if ":" in host else host for host, _ in sentinel["sentinels"]]
+    return ";".join(
+        f"sentinel://{auth}{host}:{port}/{kwargs['db']}"
+        for host, (_, port) in zip(hosts, sentinel["sentinels"], strict=True)
+    )
+
+
 if EMBEDDED:
     CHANNEL_LAYERS = {
         "default": {
@@ -157,7 +237,17 @@ else:
             "CONFIG": {
                 "hosts": [
                     {
-                        "address": REDIS_URL,
+                        # channels-redis asks the Sentinels for the master given these keys.
+                        **(
+                            {"address": REDIS_URL}
+                            if REDIS_SENTINEL is None
+                            else {
+                                "sentinels": REDIS_SENTINEL["sentinels"],
+                                "master_name": REDIS_SENTINEL["master_name"],
+                                "sentinel_kwargs": REDIS_SENTINEL["sentinel_kwargs"],
+                                **REDIS_SENTINEL["master_kwargs"],
+                            }
+                        ),
                         "socket_connect_timeout": REDIS_CONNECT_TIMEOUT_SECS,
                         "socket_keepalive": True,
                         "health_check_interval": 10,
@@ -172,17 +262,17 @@ else:
 NOTIFIER_METRICS_TOKEN = env_str("NOTIFIER_METRICS_TOKEN", "")
 
 # The cache holds per-key publish-rate counters, so it must be shared by every process.
-CACHES = {
-    "default": (
-        {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
-        if EMBEDDED
-        else {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": REDIS_URL,
-            "KEY_PREFIX": "notifier-cache",
-        }
-    )
-}
+_cache: dict[str, Any] = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+if not EMBEDDED:
+    _cache = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "notifier-cache",
+    }
+    if REDIS_SENTINEL is not None:
+        # This pool ignores LOCATION's host and port and asks the Sentinels for the master.
+        _cache["OPTIONS"] = {"pool_class": "realtime.redis.SentinelCachePool"}
+CACHES = {"default": _cache}
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "notifier API",
@@ -197,7 +287,7 @@ SPECTACULAR_SETTINGS = {
 }
 
 # Celery: Redis is the broker. Embedded mode runs tasks eagerly in-process.
-CELERY_BROKER_URL = REDIS_URL or "memory://"
+CELERY_BROKER_URL = (REDIS_URL or "memory://") if REDIS_SENTINEL is None else _celery_sentinel_url(REDIS_SENTINEL)
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", "") or None
 CELERY_TASK_ALWAYS_EAGER = EMBEDDED
 CELERY_TASK_EAGER_PROPAGATES = True
@@ -208,6 +298,14 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Kombu's Redis transport options as JSON, e.g. '{"visibility_timeout": 3600}'.
 CELERY_BROKER_TRANSPORT_OPTIONS = json.loads(env_str("CELERY_BROKER_TRANSPORT_OPTIONS", "{}"))
+if REDIS_SENTINEL is not None:
+    _celery_sentinel_options = {
+        "master_name": REDIS_SENTINEL["master_name"],
+        "sentinel_kwargs": REDIS_SENTINEL["sentinel_kwargs"],
+    }
+    CELERY_BROKER_TRANSPORT_OPTIONS = {**CELERY_BROKER_TRANSPORT_OPTIONS, **_celery_sentinel_options}
+    # Used only if CELERY_RESULT_BACKEND is a sentinel:// URL (docs/deploy.md).
+    CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = _celery_sentinel_options
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["api.authentication.ApiKeyAuthentication"],

@@ -2,6 +2,10 @@
 
 redis-py 8 raises MaxConnectionsError when a plain pool is exhausted (DESIGN §8); a
 BlockingConnectionPool waits for a free connection instead, so a burst queues rather than fails.
+
+With Sentinel (`settings.REDIS_SENTINEL`, from NOTIFIER_REDIS_SENTINELS), the pool asks the
+Sentinels for the current master before each new connection, and after a failover reconnects to
+the new one; REDIS_URL then supplies only the db number and credentials.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
+import redis.sentinel
+from django.conf import settings
 from redis import asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import NoScriptError
 
 from .conf import notifier_settings
@@ -21,22 +28,48 @@ from .conf import notifier_settings
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = weakref.WeakKeyDictionary()
 
 
+class BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Sentinel's master discovery with the blocking pool's wait for a free connection."""
+
+
+class SentinelCachePool(redis.sentinel.SentinelConnectionPool):
+    """Django's RedisCache `pool_class` with Sentinel: the cache's LOCATION (REDIS_URL) host is
+    ignored, the master comes from `settings.REDIS_SENTINEL`."""
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> SentinelCachePool:
+        sentinel = settings.REDIS_SENTINEL
+        assert sentinel is not None, "SentinelCachePool needs NOTIFIER_REDIS_SENTINELS"
+        manager = redis.sentinel.Sentinel(sentinel["sentinels"], sentinel_kwargs=sentinel["sentinel_kwargs"])
+        return cls(sentinel["master_name"], manager, **sentinel["master_kwargs"], **options)
+
+
 def get_redis() -> aioredis.Redis:
     """The Redis client of the running event loop (created on first use)."""
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
     if client is None:
-        pool = aioredis.BlockingConnectionPool.from_url(
-            notifier_settings.REDIS_URL,
-            max_connections=notifier_settings.REDIS_MAX_CONNECTIONS,
-            timeout=notifier_settings.REDIS_SOCKET_TIMEOUT_SECS,
-            socket_connect_timeout=notifier_settings.REDIS_CONNECT_TIMEOUT_SECS,
-            socket_timeout=notifier_settings.REDIS_SOCKET_TIMEOUT_SECS,
-            socket_keepalive=True,
-            health_check_interval=10,
-            client_name=f"notifier-{os.getpid()}",  # lets operators (and tests) tell processes apart
-        )
-        client = aioredis.Redis(connection_pool=pool)
+        options: dict[str, Any] = {
+            "max_connections": notifier_settings.REDIS_MAX_CONNECTIONS,
+            "timeout": notifier_settings.REDIS_SOCKET_TIMEOUT_SECS,
+            "socket_connect_timeout": notifier_settings.REDIS_CONNECT_TIMEOUT_SECS,
+            "socket_timeout": notifier_settings.REDIS_SOCKET_TIMEOUT_SECS,
+            "socket_keepalive": True,
+            "health_check_interval": 10,
+            "client_name": f"notifier-{os.getpid()}",  # lets operators (and tests) tell processes apart
+        }
+        sentinel: dict[str, Any] | None = settings.REDIS_SENTINEL
+        if sentinel is None:
+            pool = aioredis.BlockingConnectionPool.from_url(notifier_settings.REDIS_URL, **options)
+            client = aioredis.Redis(connection_pool=pool)
+        else:
+            manager = Sentinel(sentinel["sentinels"], sentinel_kwargs=sentinel["sentinel_kwargs"])
+            client = manager.master_for(
+                sentinel["master_name"],
+                connection_pool_class=BlockingSentinelPool,
+                **sentinel["master_kwargs"],
+                **options,
+            )
         _clients[loop] = client
     return client
 

@@ -281,3 +281,81 @@ def notify(server: Server, key: str, body: dict[str, Any]) -> dict[str, Any]:
     status, answer = post_json(f"{server.http}/api/notify", body, key)
     assert status == 202, answer
     return dict(answer)
+
+
+class SentinelServer:
+    """A private Redis Sentinel (`redis-server <conf> --sentinel`) on a free port, monitoring one
+    master on 127.0.0.1 with a quorum of 1 and a short down-after, so a failover takes seconds.
+    `master_password` is the master's `requirepass`; `password`, the Sentinel's own."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        master_port: int,
+        master_name: str = "mymaster",
+        down_after_ms: int = 1000,
+        master_password: str = "",
+        password: str = "",
+    ) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail(
+                "redis-server is not installed. Install it (Debian: `apt-get install redis-server`) "
+                "or run `bash .ci/run`, which installs what a fresh machine lacks.",
+                pytrace=False,
+            )
+        self.port = free_port()
+        self.master_name = master_name
+        self.password = password
+        # Sentinel rewrites its configuration file (known replicas, epochs): each gets its own.
+        config = workdir / f"sentinel-{self.port}.conf"
+        config.write_text(
+            f"port {self.port}\n"
+            "bind 127.0.0.1\n"
+            f"dir {workdir}\n"
+            f"sentinel monitor {master_name} 127.0.0.1 {master_port} 1\n"
+            f"sentinel down-after-milliseconds {master_name} {down_after_ms}\n"
+            f"sentinel failover-timeout {master_name} 10000\n"
+            f"sentinel parallel-syncs {master_name} 1\n"
+            + (f"sentinel auth-pass {master_name} {master_password}\n" if master_password else "")
+            + (f"requirepass {password}\n" if password else "")
+        )
+        log_path = workdir / f"sentinel-{self.port}.log"
+        self.log_path = log_path
+        with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+                [binary, str(config), "--sentinel"], stdout=log, stderr=subprocess.STDOUT
+            )
+
+        def up() -> bool:
+            try:
+                return self.master_address() == ("127.0.0.1", master_port)
+            except redis.RedisError:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    pytest.fail(f"redis sentinel exited with {self.proc.returncode}; see {log_path}", pytrace=False)
+                return False
+
+        wait_until(up, what=f"redis sentinel on port {self.port}")
+
+    def client(self) -> redis.Redis:
+        """A client of the Sentinel itself; use it as a context manager so its socket is closed."""
+        return redis.Redis(port=self.port, password=self.password or None, socket_timeout=5, decode_responses=True)
+
+    def master_address(self) -> tuple[str, int] | None:
+        """The master's address as this Sentinel answers it now."""
+        with self.client() as client:
+            answer = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
+        return (str(answer[0]), int(answer[1])) if answer else None
+
+    def replica_ports(self) -> list[int]:
+        """The replicas this Sentinel knows and considers up."""
+        with self.client() as client:
+            replicas = client.sentinel_slaves(self.master_name)
+        return [int(r["port"]) for r in replicas if not r["is_sdown"] and not r["is_odown"]]
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
