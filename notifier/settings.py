@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -55,13 +56,34 @@ def env_list(key: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def _dev_secret_key(path: Path) -> str:
+    """The embedded mode's key when DJANGO_SECRET_KEY is unset: random, made once per checkout.
+
+    A key written in the source would let anyone who reads it sign connection tokens and
+    cookies for a trial server that was made reachable from other machines. The file is
+    created with a hard link so concurrent processes all end up reading the same key.
+    """
+    if not path.exists():
+        fresh = path.with_name(f"{path.name}.{os.getpid()}")
+        fresh.write_text(secrets.token_urlsafe(50))
+        fresh.chmod(0o600)
+        try:
+            os.link(fresh, path)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+        finally:
+            fresh.unlink()
+    return path.read_text().strip()
+
+
 DEBUG = env_bool("DJANGO_DEBUG", False)
-_INSECURE_DEV_KEY = "insecure-embedded-default-key-do-not-use-in-production"
-SECRET_KEY = env_str("DJANGO_SECRET_KEY", _INSECURE_DEV_KEY)
 REDIS_URL = env_str("REDIS_URL", "")
 EMBEDDED = REDIS_URL == ""
-if not EMBEDDED and SECRET_KEY == _INSECURE_DEV_KEY:
-    raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when REDIS_URL is set (production mode)")
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not EMBEDDED:
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when REDIS_URL is set (production mode)")
+    SECRET_KEY = _dev_secret_key(BASE_DIR / ".dev-secret-key")
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 
