@@ -26,9 +26,32 @@ class HasScope(BasePermission):
         return user.key.has_scope(view.required_scope)
 
 
+GLOB_CHARACTERS = frozenset("*?[")  # fnmatch's special characters; channel names never contain them
+
+
 def check_key_channels(key: ApiKey, channels: list[str]) -> None:
     """Refuse (403, the refused channels in `details`) channels outside the key's patterns."""
-    refused = key.disallowed(channels)
+    _refuse(key.disallowed(channels))
+
+
+def key_may_grant(key: ApiKey, requested: str) -> bool:
+    """Whether a token minted with `key` may grant `requested`, a channel name or a pattern.
+
+    A name must match one of the key's patterns. A pattern must be one of the key's patterns
+    exactly (or the key must have every channel, `*`): matching a pattern against a pattern
+    says nothing about what it grants (`orders.*` matches the key pattern `orders.?`).
+    """
+    if GLOB_CHARACTERS.isdisjoint(requested):
+        return key.allows_channel(requested)
+    return requested in key.channels or "*" in key.channels
+
+
+def check_key_grants(key: ApiKey, channels: list[str]) -> None:
+    """Refuse (403) a token that would grant channels or patterns beyond the key's patterns."""
+    _refuse(list(dict.fromkeys(c for c in channels if not key_may_grant(key, c))))
+
+
+def _refuse(refused: list[str]) -> None:
     if refused:
         error = exceptions.PermissionDenied(f"this API key may not use {refused[0]!r}")
         error.notifier_details = {"channels": refused}  # type: ignore[attr-defined]

@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from realtime.bridge import run_sync
-from realtime.channels import InvalidChannel, policy_of, validate_channel
+from realtime.channels import InvalidChannel, personal_channel, policy_of, validate_channel
 from realtime.history import get_history
 from realtime.presence import get_presence, presence_summary
 from realtime.publish import PublishError, PublishResult, Unavailable, publish
@@ -22,7 +22,7 @@ from realtime.tokens import mint_connection_token, mint_subscription_token
 
 from .authentication import Publisher, publisher_of
 from .exceptions import batch_error
-from .permissions import HasScope, check_key_channels
+from .permissions import HasScope, check_key_channels, check_key_grants
 from .serializers import (
     BatchRequestSerializer,
     BatchResultSerializer,
@@ -168,11 +168,17 @@ class TokenView(KeyScopedView):
         serializer = TokenRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         attrs = serializer.validated_data
+        publisher = request.user
+        assert isinstance(publisher, Publisher)
         if "channel" in attrs:
-            self.check_channels(request, [attrs["channel"]])
+            # Grants this one channel to a connection already authenticated as the user.
+            check_key_grants(publisher.key, [attrs["channel"]])
             token, expires_at = mint_subscription_token(attrs["user"], attrs["channel"], attrs["expires_in"])
         else:
-            self.check_channels(request, attrs.get("channels", []))
+            # A connection token authenticates as the user, which opens the user's personal
+            # channel: the key must cover it too.
+            personal = personal_channel(attrs["user"])
+            check_key_grants(publisher.key, [personal, *attrs.get("channels", [])])
             token, expires_at = mint_connection_token(attrs["user"], attrs.get("channels"), attrs["expires_in"])
         return Response({"token": token, "expires_at": expires_at}, status=status.HTTP_201_CREATED)
 

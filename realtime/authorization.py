@@ -67,6 +67,12 @@ class ChannelAuthorizer:
             return Refusal(ErrorCode.FORBIDDEN, f"clients may not publish to {channel!r}")
         return await self.can_subscribe(identity, channel)
 
+    def subscription_token_grants(self, identity: Identity, channel: str, token: str) -> bool:
+        """Whether `token` is a valid subscription token for this user and channel.
+
+        A subscription it granted survives a `refresh`, which keeps the user."""
+        return self._check_subscription_token(identity, channel, token) is None
+
     def has_private_access(self, identity: Identity, channel: str) -> bool:
         """Override to grant private channels from your own data. Runs in a thread; may use the ORM."""
         return False

@@ -68,6 +68,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
         self._bad_frames: list[float] = []
         self._frames = TokenBucket(notifier_settings.CLIENT_FRAMES_PER_SEC)
         self._publishes = TokenBucket(notifier_settings.CLIENT_PUBLISH_PER_SEC)
+        self._token_grants: set[str] = set()  # channels subscribed with a subscription token
         identity = self._identity_from_scope()
         if identity is None:
             return  # refused and closed
@@ -113,6 +114,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
                 await presence.unregister_connection(self.conn.user, self.conn.id)
         except (RedisError, OSError) as exc:  # entries expire on their own
             logger.warning("presence cleanup failed: %s", exc, extra=self.log_context)
+            metrics.inc("notifier_redis_errors", operation="presence")
 
     def _identity_from_scope(self) -> Identity | None:
         """From `?token=` or the Django session; None when the token was refused (socket closed)."""
@@ -141,7 +143,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
         limit = notifier_settings.MAX_CONNECTIONS_PER_USER
         if await get_presence().register_connection(identity.user, self.conn.id, limit):
             return True
-        self.conn.deliver(protocol.error_frame("too_many_connections", f"at most {limit} connections per user"))
+        self.conn.deliver(protocol.error_frame(ErrorCode.TOO_MANY_CONNECTIONS, f"at most {limit} connections per user"))
         self.conn.close(CloseCode.TOO_MANY_CONNECTIONS)
         return False
 
@@ -193,7 +195,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
             case protocol.Auth():
                 await self.authenticate(frame)
             case protocol.Refresh():
-                self.refresh(frame)
+                await self.refresh(frame)
 
     async def authenticate(self, frame: protocol.Auth) -> None:
         if self.identity.user is not None:
@@ -207,10 +209,23 @@ class NotifierConsumer(AsyncWebsocketConsumer):
                 return
         except (RedisError, OSError):
             return self.refuse(ErrorCode.UNAVAILABLE, "the service is temporarily unavailable; retry", frame.ref)
+        anonymous_presence = list(self.conn.presence_channels)
+        for channel in anonymous_presence:  # leave as anonymous...
+            try:
+                await self._leave_presence(channel)
+            except (RedisError, OSError) as exc:  # the entry expires on its own
+                logger.warning("presence leave failed: %s", exc, extra=self.log_context)
+                metrics.inc("notifier_redis_errors", operation="presence")
         self._set_identity(identity)
         self.conn.deliver(protocol.reply("authenticated", frame.ref, user=identity.user))
+        for channel in anonymous_presence:  # ...and come back as the user
+            try:
+                await self._join_presence(channel)
+            except (RedisError, OSError) as exc:  # the presence refresh loop adds it later
+                logger.warning("presence join failed: %s", exc, extra=self.log_context)
+                metrics.inc("notifier_redis_errors", operation="presence")
 
-    def refresh(self, frame: protocol.Refresh) -> None:
+    async def refresh(self, frame: protocol.Refresh) -> None:
         try:
             claims = decode_connection_token(frame.token)
         except TokenExpired:
@@ -221,6 +236,35 @@ class NotifierConsumer(AsyncWebsocketConsumer):
             return self.refuse(ErrorCode.FORBIDDEN, "a refresh token must be for the same user", frame.ref)
         self._set_identity(Identity(claims.user, claims, self.identity.django_user))
         self.conn.deliver(protocol.reply("authenticated", frame.ref, user=claims.user))
+        await self._recheck_subscriptions()
+
+    async def _recheck_subscriptions(self) -> None:
+        """After a refresh, end the subscriptions the new token no longer allows.
+
+        One granted by a subscription token stays: that token named this user and channel,
+        and a refresh keeps the user.
+        """
+        authorizer = get_authorizer()
+        for channel in sorted(self.conn.subscriptions):
+            if channel in self._token_grants:
+                continue
+            refusal = await authorizer.can_subscribe(self.identity, channel)
+            if refusal is None or channel not in self.conn.subscriptions:
+                continue
+            await self.hub.unsubscribe(channel, self.conn)
+            self.conn.deliver(
+                protocol.reply(
+                    "error",
+                    code=str(ErrorCode.FORBIDDEN),
+                    message=f"the refreshed token does not allow {channel!r}; unsubscribed",
+                    channel=channel,
+                )
+            )
+            try:
+                await self._leave_presence(channel)
+            except (RedisError, OSError) as exc:
+                logger.warning("presence leave failed: %s", exc, extra=self.log_context)
+                metrics.inc("notifier_redis_errors", operation="presence")
 
     async def subscribe(self, frame: protocol.Subscribe) -> None:
         if frame.channel in self.conn.subscriptions:
@@ -228,9 +272,14 @@ class NotifierConsumer(AsyncWebsocketConsumer):
         limit = notifier_settings.MAX_SUBSCRIPTIONS_PER_CONNECTION
         if len(self.conn.subscriptions) >= limit:
             return self.refuse(ErrorCode.TOO_MANY_SUBSCRIPTIONS, f"at most {limit} subscriptions", frame.ref)
-        refusal = await get_authorizer().can_subscribe(self.identity, frame.channel, frame.token)
+        authorizer = get_authorizer()
+        refusal = await authorizer.can_subscribe(self.identity, frame.channel, frame.token)
         if refusal is not None:
             return self.refuse(refusal.code, refusal.message, frame.ref)
+        if frame.token is not None and authorizer.subscription_token_grants(self.identity, frame.channel, frame.token):
+            self._token_grants.add(frame.channel)
+        else:
+            self._token_grants.discard(frame.channel)
 
         def announce(sub: Subscription) -> None:
             self.conn.deliver(
@@ -255,11 +304,13 @@ class NotifierConsumer(AsyncWebsocketConsumer):
         if frame.channel not in self.conn.subscriptions:
             return self.refuse(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {frame.channel!r}", frame.ref)
         await self.hub.unsubscribe(frame.channel, self.conn)
+        self._token_grants.discard(frame.channel)
         self.conn.deliver(protocol.reply("unsubscribed", frame.ref, channel=frame.channel))
         try:
             await self._leave_presence(frame.channel)
         except (RedisError, OSError) as exc:
             logger.warning("presence leave failed: %s", exc, extra=self.log_context)
+            metrics.inc("notifier_redis_errors", operation="presence")
 
     async def publish(self, frame: protocol.Publish) -> None:
         refusal = await get_authorizer().can_publish(self.identity, frame.channel)
@@ -309,3 +360,4 @@ async def _announce_leave(channel: str, user: str) -> None:
             await send_presence_frame(channel, protocol.reply("leave", channel=channel, user=user))
     except (RedisError, OSError) as exc:
         logger.warning("presence leave for %s failed: %s", channel, exc)
+        metrics.inc("notifier_redis_errors", operation="presence")

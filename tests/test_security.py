@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,28 @@ def server(redis_server: RedisServer, service_db: Path, workdir: Path) -> Iterat
     proc = Server(service_env(redis_server.url, service_db, **LIMITS), workdir)
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="module")
+def closed_server(redis_server: RedisServer, service_db: Path, workdir: Path) -> Iterator[Server]:
+    """A second server with anonymous connections off (the one extra server of this module)."""
+    env = service_env(
+        redis_server.url,
+        service_db,
+        NOTIFIER_JWT_SECRET=SECRET,
+        NOTIFIER_ALLOW_ANONYMOUS="0",
+        NOTIFIER_AUTH_TIMEOUT_SECS="1",
+        NOTIFIER_HEARTBEAT_SECS="1",
+    )
+    proc = Server(env, workdir)
+    yield proc
+    proc.stop()
+
+
+def hs512(claims: dict[str, Any]) -> str:
+    with warnings.catch_warnings():  # PyJWT warns that our secret is short for HS512
+        warnings.simplefilter("ignore")
+        return jwt.encode(claims, SECRET, algorithm="HS512")
 
 
 def token(user: str, expires_in: float = 600, secret: str = SECRET, **claims: Any) -> str:
@@ -107,6 +131,8 @@ async def test_token_in_query_or_first_frame_authenticates(server: Server) -> No
         ("alg none", lambda: jwt.encode({"sub": "42", "exp": int(time.time()) + 600}, None, algorithm="none"), 4500),
         ("garbage", lambda: "not.a.jwt", 4500),
         ("no sub", lambda: jwt.encode({"exp": int(time.time()) + 600}, SECRET, algorithm="HS256"), 4500),
+        ("no exp", lambda: jwt.encode({"sub": "42"}, SECRET, algorithm="HS256"), 4500),
+        ("HS512", lambda: hs512({"sub": "42", "exp": int(time.time()) + 600}), 4500),
         ("subscription token", lambda: token("42", channel="private:x"), 4500),
     ],
 )
@@ -148,6 +174,75 @@ async def test_a_token_expiring_while_connected_ends_the_connection_unless_refre
     stolen = await refreshed.request({"op": "refresh", "token": token("someone-else")})
     assert stolen["code"] == "forbidden"
     await refreshed.close()
+
+
+async def test_a_refresh_ends_the_subscriptions_the_new_token_does_not_allow(server: Server, api_key: str) -> None:
+    user = unique("r")
+    keep, drop, by_token, news = unique("private:keep-"), unique("private:drop-"), unique("private:st-"), unique("n-")
+    client = await connect(server, user, channels=[keep, drop])
+    for channel in (keep, drop, news, f"user:{user}"):
+        await client.subscribe(channel)
+    await client.subscribe(by_token, token=token(user, channel=by_token))  # a grant the refresh does not touch
+
+    reply = await client.request({"op": "refresh", "token": token(user, channels=[keep]), "ref": 9})
+    assert reply == {"type": "authenticated", "user": user, "ref": 9}
+    refused = await client.recv()
+    assert (refused["type"], refused["code"], refused["channel"]) == ("error", "forbidden", drop)
+    assert drop in refused["message"]
+    assert await client.nothing_within(0.3)  # only the one channel the new token lost
+
+    notify(server, api_key, {"channels": [keep, drop, by_token, news], "event": "after"})
+    notify(server, api_key, {"user": user, "event": "mine"})
+    received = await client.events(4)
+    assert {e["channel"] for e in received} == {keep, by_token, news, f"user:{user}"}
+    assert await client.nothing_within(0.5)
+    assert (await client.request({"op": "subscribe", "channel": drop}))["code"] == "forbidden"
+    await client.close()
+
+
+async def test_authenticating_moves_presence_from_anonymous_to_the_user(server: Server, api_key: str) -> None:
+    room = unique("chat:who-")
+    client = await connect(server)
+    await client.subscribe(room)
+    url = f"{server.http}/api/channels/{room}/presence"
+    before = get_json(url, api_key)[1]
+    assert (before["users"], before["anonymous_connections"]) == ([], 1)
+    user = unique("p")
+    assert (await client.request({"op": "auth", "token": token(user)}))["type"] == "authenticated"
+    await client.request({"op": "ping"})  # the move is done before the next frame is read
+    after = get_json(url, api_key)[1]
+    assert (after["users"], after["anonymous_connections"]) == ([{"user": user, "connections": 1}], 0)
+    await client.close()
+    await asyncio.sleep(0.3)
+    gone = get_json(url, api_key)[1]
+    assert (gone["users"], gone["total_connections"]) == ([], 0)
+
+
+async def test_with_anonymous_off_a_socket_must_authenticate(closed_server: Server) -> None:
+    async with websockets.connect(closed_server.ws) as ws:
+        assert json.loads(await ws.recv())["user"] is None
+        await ws.send(json.dumps({"op": "subscribe", "channel": "news", "ref": 1}))
+        refused = json.loads(await ws.recv())
+        assert (refused["type"], refused["code"], refused["ref"]) == ("error", "forbidden", 1)
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:  # answers pings: only the missing `auth` ends it
+                if json.loads(await asyncio.wait_for(ws.recv(), 15)).get("type") == "ping":
+                    await ws.send('{"op": "pong"}')
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4501
+
+    user = unique("in")
+    by_frame = await Client.connect(closed_server.ws)
+    assert await by_frame.request({"op": "auth", "token": token(user)}) == {"type": "authenticated", "user": user}
+    by_query = await Client.connect(f"{closed_server.ws}?token={token(user)}")
+    assert by_query.hello["user"] == user
+    for client in (by_frame, by_query):
+        await client.subscribe("news")
+    for _ in range(6):  # 3 s: past the 1 s auth timeout and two heartbeats, and still open
+        await asyncio.sleep(0.5)
+        for client in (by_frame, by_query):
+            assert (await client.request({"op": "ping"}))["type"] == "pong"
+    for client in (by_frame, by_query):
+        await client.close()
 
 
 # -- channel policies -------------------------------------------------------------------------
@@ -260,6 +355,23 @@ async def test_connections_per_user_are_limited(server: Server) -> None:
         await client.close()
 
 
+def test_too_many_channels_in_one_publish_is_invalid(server: Server, api_key: str) -> None:
+    url = f"{server.http}/api/notify"
+    channels = [unique("wide-") for _ in range(101)]
+    status, body = post_json(url, {"channels": channels, "event": "x"}, api_key)
+    assert (status, body["code"]) == (400, "invalid")
+    assert "at most 100 target channels" in json.dumps(body)
+    status, body = post_json(url, {"channels": channels[:100], "event": "x"}, api_key)
+    assert status == 202 and len(body["channels"]) == 100
+
+
+def test_the_api_docs_page_is_served(server: Server) -> None:
+    with urllib.request.urlopen(f"{server.http}/api/docs/", timeout=10) as response:  # noqa: S310
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/html")
+        assert "<html" in response.read().decode().lower()
+
+
 async def test_a_frame_flood_is_refused_then_closed_as_abuse(server: Server) -> None:
     async with websockets.connect(server.ws) as ws:
         await ws.recv()
@@ -333,3 +445,47 @@ async def test_tokens_minted_by_the_api_work_and_respect_the_key(server: Server,
     assert (status, body["code"]) == (403, "forbidden")
     status, body = post_json(f"{server.http}/api/tokens", {"user": "77", "expires_in": 0}, key)
     assert (status, body["code"]) == (400, "invalid")
+
+
+async def test_a_minted_token_needs_the_key_to_cover_the_users_personal_channel(
+    server: Server, service_db: Path
+) -> None:
+    url, user = f"{server.http}/api/tokens", unique("m")
+    orders = make_key(service_db, "--scope", "tokens", "--channels", "orders.*")
+    for body in ({"user": user}, {"user": user, "channels": ["orders.eu"]}):
+        status, answer = post_json(url, body, orders)
+        assert (status, answer["code"], answer["details"]["channels"]) == (403, "forbidden", [f"user:{user}"]), body
+    # A subscription token cannot authenticate a connection, so it opens no personal channel.
+    assert post_json(url, {"user": user, "channel": "orders.eu"}, orders)[0] == 201
+    status, answer = post_json(url, {"user": user, "channel": "news"}, orders)
+    assert (status, answer["details"]["channels"]) == (403, ["news"])
+
+    own = make_key(service_db, "--scope", "tokens", "--channels", "orders.*", "--channels", f"user:{user}")
+    status, answer = post_json(url, {"user": unique("other")}, own)
+    assert (status, answer["code"]) == (403, "forbidden")
+    assert post_json(url, {"user": user, "channel": "orders.eu"}, own)[0] == 201
+    status, minted = post_json(url, {"user": user, "channels": ["orders.eu"]}, own)
+    assert status == 201
+    client = await Client.connect(f"{server.ws}?token={minted['token']}")
+    assert client.hello["user"] == user
+    await client.subscribe(f"user:{user}")
+    await client.close()
+
+
+async def test_a_minted_token_grants_a_pattern_only_if_the_key_has_that_pattern(
+    server: Server, service_db: Path, api_key: str
+) -> None:
+    url, user = f"{server.http}/api/tokens", unique("g")
+    key = make_key(service_db, "--scope", "tokens", "--channels", "private:team-?", "--channels", "user:*")
+    for wider in ("private:team-*", "private:team-[0-9]*", "private:team-12"):
+        status, answer = post_json(url, {"user": user, "channels": [wider]}, key)
+        assert (status, answer["code"], answer["details"]["channels"]) == (403, "forbidden", [wider]), wider
+    assert post_json(url, {"user": user, "channels": ["private:team-1"]}, key)[0] == 201
+    status, minted = post_json(url, {"user": user, "channels": ["private:team-?"]}, key)
+    assert status == 201
+    client = await Client.connect(f"{server.ws}?token={minted['token']}")
+    await client.subscribe("private:team-1")
+    assert (await client.request({"op": "subscribe", "channel": "private:team-12"}))["code"] == "forbidden"
+    await client.close()
+    # A key for every channel (`*`, the default) may grant any pattern.
+    assert post_json(url, {"user": user, "channels": ["private:team-*"]}, api_key)[0] == 201

@@ -12,6 +12,8 @@ import pytest
 from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 
+from api.models import ApiKey
+from api.permissions import key_may_grant
 from realtime.authorization import ChannelAuthorizer, Identity
 from realtime.codes import CloseCode
 from realtime.hub import get_hub
@@ -80,6 +82,21 @@ def test_invalid_connection_tokens(make_bad: Any) -> None:
 def test_expired_tokens() -> None:
     with pytest.raises(TokenExpired):
         decode_connection_token(jwt.encode({"sub": "1", "exp": int(time.time()) - 60}, SECRET, algorithm="HS256"))
+
+
+@pytest.mark.parametrize(
+    ("key_patterns", "requested", "allowed"),
+    [
+        (["orders.?"], "orders.1", True),  # a name matching a key pattern
+        (["orders.?"], "orders.12", False),
+        (["orders.?"], "orders.?", True),  # a pattern the key has exactly
+        (["orders.?"], "orders.*", False),  # matches `orders.?` as a string, but grants more
+        (["orders.*"], "orders.[a-z]*", False),  # narrower, but not one of the key's patterns
+        (["*"], "private:team-*", True),  # a key for every channel may grant any pattern
+    ],
+)
+def test_what_a_key_may_put_in_a_minted_token(key_patterns: list[str], requested: str, allowed: bool) -> None:
+    assert key_may_grant(ApiKey(channels=key_patterns), requested) is allowed
 
 
 def test_no_secret_means_no_tokens(settings: Any) -> None:
