@@ -99,6 +99,10 @@ def _merge(configured: dict[str, dict[str, Any]]) -> dict[str, NamespacePolicy]:
         if unknown:
             raise ImproperlyConfigured(f"NOTIFIER['NAMESPACES'][{namespace!r}]: unknown keys {sorted(unknown)}")
         merged[namespace] = replace(base, **overrides)
+    from .history import history_limits  # history imports this module
+
+    for namespace, policy in merged.items():
+        history_limits(f"{namespace}:", policy.history_size, policy.history_ttl_secs)  # raises when invalid
     return merged
 
 

@@ -3,7 +3,10 @@
 Every frame for a socket (replies and events alike) goes through `deliver()`, so a socket's
 frames keep their order, and the hub never waits on a slow socket. A socket whose outbox
 overflows is closed with 4002 (too slow): the client reconnects and recovers from history
-instead of growing this process's memory.
+instead of growing this process's memory. Frames from history (a subscribe's replay, a gap
+fill) arrive all at once, through no fault of the client: they are queued beyond the bound (up
+to REPLAY_MAX_FRAMES / REPLAY_MAX_BYTES), and the bound applies to what else is pending, so a
+replay of a whole history does not close the socket it is meant to recover.
 
 Two ways to write, chosen per socket when it is created:
 
@@ -38,6 +41,15 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 OUTBOX_MAX_FRAMES = 1000
 OUTBOX_MAX_BYTES = 8 * 1024 * 1024
+# How much replayed history a socket may have queued beyond the bound (a default history of
+# 1,000 events of the largest payload fits). A subscribe whose replay would not fit is answered
+# `recovered: false` instead (hub.py).
+REPLAY_MAX_FRAMES = 100_000
+REPLAY_MAX_BYTES = 10 * OUTBOX_MAX_BYTES
+WIRE_HEADER_MAX = 10  # bytes of an unmasked frame's header (wire_frame)
+# The writer task sends from an index into the outbox and drops what it sent in steps of this
+# many frames, rather than one `pop(0)` (which moves every pending frame) per frame.
+SENT_COMPACT_FRAMES = 256
 
 try:  # the direct path needs Uvicorn's sans-I/O protocol; without it every socket uses `send`
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol as _SansIO
@@ -136,6 +148,12 @@ class Connection:
         # is empty almost all the time (an emptied deque keeps a 600-byte block per socket).
         self._outbox: list[Any] = []
         self._outbox_bytes = 0
+        self._sent = 0  # frames at the outbox's start already sent (the writer task's path)
+        # Of what is pending, how much was replayed history: not counted against the bound.
+        # Every frame sent takes one frame (and its bytes) off, so once the frames that were
+        # pending when a replay arrived and the replay itself have been sent, it is back to 0.
+        self._replay_frames = 0
+        self._replay_bytes = 0
         self._writer: asyncio.Task[None] | None = None
         self._close_code: int | None = None
         self._proto = _direct_protocol(send)
@@ -146,19 +164,30 @@ class Connection:
         """Record that the client sent something (any frame proves it is alive)."""
         self.last_seen = self.clock()
 
-    def deliver(self, frame: str) -> None:
-        """Queue a text frame; never blocks. Overflow closes the socket as too slow."""
+    def deliver(self, frame: str, replay: bool = False) -> None:
+        """Queue a text frame; never blocks. Overflow closes the socket as too slow.
+
+        `replay`: the frame comes from history (a replay or a gap fill) and does not count
+        against the bound, within REPLAY_MAX_FRAMES / REPLAY_MAX_BYTES.
+        """
         if self.closed:
             return
         outbox = self._outbox
         if self._proto is not None:
             wire = wire_frame(frame)
             outbox.append(wire)
-            self._outbox_bytes += len(wire)
+            size = len(wire)
         else:
             outbox.append(frame)
-            self._outbox_bytes += len(frame)
-        if len(outbox) > OUTBOX_MAX_FRAMES or self._outbox_bytes > OUTBOX_MAX_BYTES:
+            size = len(frame)
+        self._outbox_bytes += size
+        if replay:
+            self._replay_frames = min(self._replay_frames + 1, REPLAY_MAX_FRAMES)
+            self._replay_bytes = min(self._replay_bytes + size, REPLAY_MAX_BYTES)
+        if (
+            len(outbox) - self._sent - self._replay_frames > OUTBOX_MAX_FRAMES
+            or self._outbox_bytes - self._replay_bytes > OUTBOX_MAX_BYTES
+        ):
             if self._proto is not None and self._writer is None and self._proto.writable.is_set():
                 # Not a slow client, a burst larger than the outbox within one turn (a replay of
                 # history): hand it to the transport now. A client that does not read makes the
@@ -176,6 +205,16 @@ class Connection:
         else:
             self._ensure_writer()
 
+    def can_replay(self, frames: list[str]) -> bool:
+        """Whether replaying `frames` stays within what may be queued beyond the bound."""
+        if self._replay_frames + len(frames) > REPLAY_MAX_FRAMES:
+            return False
+        if self._proto is None:
+            size = sum(map(len, frames))
+        else:  # the direct path counts wire bytes: UTF-8 plus the frame header
+            size = sum(len(f) if f.isascii() else len(f.encode()) for f in frames) + WIRE_HEADER_MAX * len(frames)
+        return self._replay_bytes + size <= REPLAY_MAX_BYTES
+
     def close(self, code: int) -> None:
         """Close after the frames already queued (unless closing for being too slow)."""
         if self.closed:
@@ -192,7 +231,7 @@ class Connection:
 
     def _clear(self) -> None:
         self._outbox.clear()
-        self._outbox_bytes = 0
+        self._outbox_bytes = self._sent = self._replay_frames = self._replay_bytes = 0
 
     def _ensure_writer(self) -> None:
         if self._writer is None:
@@ -224,8 +263,7 @@ class Connection:
             self._ensure_writer()
             return
         data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
-        outbox.clear()
-        self._outbox_bytes = 0
+        self._clear()
         self._proto.transport.write(data)
 
     async def _write_direct(self) -> None:
@@ -239,8 +277,7 @@ class Connection:
                 self._clear()
                 return
             data = b"".join(outbox)
-            outbox.clear()
-            self._outbox_bytes = 0
+            self._clear()
             proto.transport.write(data)
 
     # -- the writer task -------------------------------------------------------------------
@@ -251,10 +288,20 @@ class Connection:
             if self._proto is not None:
                 await self._write_direct()
             else:
-                while outbox:
-                    frame = outbox.pop(0)  # at most OUTBOX_MAX_FRAMES: cheap enough off the direct path
-                    self._outbox_bytes -= len(frame)
+                while self._sent < len(outbox):
+                    frame = outbox[self._sent]
+                    self._sent += 1
+                    size = len(frame)
+                    self._outbox_bytes -= size
+                    if self._replay_frames:
+                        self._replay_frames -= 1
+                    if self._replay_bytes:
+                        self._replay_bytes = max(0, self._replay_bytes - size)
+                    if self._sent >= SENT_COMPACT_FRAMES:
+                        del outbox[: self._sent]
+                        self._sent = 0
                     await self._send({"type": "websocket.send", "text": frame})
+                self._clear()  # all sent
             if self._close_code is not None:
                 await self._send({"type": "websocket.close", "code": self._close_code})
         except asyncio.CancelledError:
@@ -266,7 +313,7 @@ class Connection:
         finally:
             if self._writer is asyncio.current_task():
                 self._writer = None
-                if self._outbox and not self.closed:
+                if len(self._outbox) > self._sent and not self.closed:
                     self._ensure_writer()
 
     def discard(self) -> None:

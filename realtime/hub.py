@@ -20,6 +20,7 @@ from typing import Any
 
 from channels.layers import BaseChannelLayer, get_channel_layer
 
+from . import metrics
 from .channels import group_of
 from .codes import CloseCode
 from .conf import notifier_settings
@@ -40,6 +41,8 @@ HISTORY_READ_LIMIT = 10_000
 # another; the earlier message is then only a moment behind, and reading history for it would
 # fail if this process is so far behind that history has moved past it.
 GAP_WAIT_SECS = 0.25
+# Epochs a channel's hub state has left, kept so that a late message of one cannot switch it back.
+RETIRED_EPOCHS = 4
 
 
 @dataclass
@@ -76,6 +79,7 @@ class _Channel:
     # Runs of frames that arrived ahead of a gap, (first offset, frames), waiting for it to close.
     held: list[tuple[int, list[str]]] = field(default_factory=list)
     gap_timer: asyncio.Task[None] | None = None
+    retired: list[str] = field(default_factory=list)  # earlier epochs, most recent last
 
 
 @dataclass(frozen=True)
@@ -143,9 +147,14 @@ class Hub:
                 if conn.closed:  # the socket went away while we waited on Redis
                     conn.subscriptions.discard(channel)
                 else:
+                    if result.replay and not conn.can_replay(result.replay):
+                        # More than the socket may queue: sending it would only get the socket
+                        # closed as too slow, and the client would come back for it again.
+                        logger.info("%s: replay of %d events too large for %s", channel, len(result.replay), conn.id)
+                        result = Subscription(result.position, [], False)
                     announce(result)
                     for frame in result.replay:
-                        conn.deliver(frame)
+                        conn.deliver(frame, replay=True)
                     state.subscribers.add(conn)
             return result
         except BaseException:
@@ -157,37 +166,61 @@ class Hub:
                 await self._leave_if_unused(channel, state)
 
     async def _attach(self, channel: str, state: _Channel, since: Position | None) -> Subscription:
+        """Where a socket subscribing from `since` starts, and what it replays (under the lock).
+
+        The socket is attached at the hub's position, since live delivery goes on from there.
+        When this process's hub is behind the client (it came from a process that was ahead),
+        the hub first catches up from history, delivering to its subscribers, so that the
+        newcomer is attached at or after `since` and gets nothing twice.
+        """
         if state.last is not None and state.epoch is not None:
             here = Position(state.last, state.epoch)
             if since is None or since == here:  # nothing to replay: no Redis round trip
                 return Subscription(here, [], True)
         if since is None:
             current = await self.history.read(channel, after=_LATEST, limit=1)
-            self._align(state, current.position)
-            return Subscription(Position(state.last or 0, state.epoch or ""), [], True)
-        after = since.offset
-        recovered = True
+            await self._align(channel, state, current.position)
+            return Subscription(_position(state), [], True)
+        read: Slice = await self.history.read(channel, after=since.offset, limit=HISTORY_READ_LIMIT)
+        await self._align(channel, state, read.position)
+        latest = read.position
+        if (
+            (since.offset > 0 and since.epoch != latest.epoch)
+            or not read.complete
+            or since.offset > latest.offset  # ahead of history (lost writes): nothing to go on from
+        ):
+            return Subscription(_position(state), [], False)
+        assert state.last is not None
+        while state.last < since.offset:  # this process is behind the client: catch up first
+            before = state.last
+            await self._catch_up(channel, state)
+            self._release_held(state)
+            if state.last == before:
+                raise ConnectionError(f"{channel}: history could not be read to catch up")
         replay: list[str] = []
+        after = since.offset
         while True:
-            read: Slice = await self.history.read(channel, after=after, limit=HISTORY_READ_LIMIT)
-            if since.epoch != read.position.epoch and since.offset > 0:
-                recovered = False
-            self._align(state, read.position)
-            if after == since.offset and not read.complete:
-                recovered = False
-            if not recovered:
-                return Subscription(Position(state.last or 0, state.epoch or ""), [], False)
-            assert state.last is not None
             replay.extend(frame for offset, frame in read.frames if offset <= state.last)
             fetched = read.frames[-1][0] if read.frames else after
             if fetched >= state.last:
-                return Subscription(Position(state.last, state.epoch or ""), replay, True)
+                return Subscription(_position(state), replay, True)
             after = fetched  # the hub has delivered past what we read: read the rest
+            read = await self.history.read(channel, after=after, limit=HISTORY_READ_LIMIT)
+            if read.position.epoch != state.epoch or not read.complete:  # history moved meanwhile
+                return Subscription(_position(state), [], False)
 
-    def _align(self, state: _Channel, position: Position) -> None:
-        """Adopt history's position when the hub has none yet, or the epoch changed."""
-        if state.last is None or state.epoch != position.epoch:
+    async def _align(self, channel: str, state: _Channel, position: Position) -> None:
+        """Adopt history's position when the hub has none yet. When history restarted under a
+        new epoch, the subscribers are told and get the new epoch's events."""
+        if state.last is None:
             state.last, state.epoch = position.offset, position.epoch
+        elif state.epoch != position.epoch and position.epoch:  # "": no history now; the next publish starts one
+            self._restart(channel, state, position.epoch)
+            if state.subscribers:
+                await self._catch_up(channel, state)
+                self._release_held(state)
+            else:
+                state.last = position.offset
 
     async def unsubscribe(self, channel: str, conn: Connection) -> None:
         conn.subscriptions.discard(channel)
@@ -230,6 +263,7 @@ class Hub:
                 await self.layer.group_discard(group_of(channel), self._layer_channel)
             except Exception as exc:  # noqa: BLE001 - Redis down: nothing more to do here
                 logger.warning("group_discard(%s) failed: %s", channel, exc)
+                metrics.inc("notifier_redis_errors", operation="group_discard")
 
     def subscriber_count(self, channel: str) -> int:
         state = self._channels.get(channel)
@@ -264,6 +298,7 @@ class Hub:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep the hub alive across Redis outages
                 logger.warning("hub receive failed: %s", exc)
+                metrics.inc("notifier_redis_errors", operation="hub_receive")
                 await asyncio.sleep(RECEIVE_RETRY_SECS)
                 continue
             kind = message.get("type")
@@ -283,12 +318,15 @@ class Hub:
         first: int = message["offset"]
         # "frame": one frame, as processes of an earlier release send it during a rolling upgrade.
         frames: list[str] = message["frames"] if "frames" in message else [message["frame"]]
+        epoch: str = message["epoch"]
         async with state.lock:
             if state.last is None:
-                state.last, state.epoch = first - 1, message["epoch"]
-            elif state.epoch != message["epoch"]:
-                state.last, state.epoch = 0, message["epoch"]  # history restarted at offset 1
-                state.held.clear()
+                state.last, state.epoch = first - 1, epoch
+            elif state.epoch != epoch:
+                if epoch in state.retired:  # sent before history restarted, arriving late
+                    self.stats.duplicates_dropped += len(frames)
+                    return
+                self._restart(channel, state, epoch)
             if first > state.last + 1:
                 state.held.append((first, frames))
                 if state.gap_timer is None or state.gap_timer.done():
@@ -304,9 +342,10 @@ class Hub:
             for conn in state.subscribers:
                 conn.deliver(message["frame"])
 
-    def _deliver_run(self, state: _Channel, first: int, frames: list[str]) -> None:
+    def _deliver_run(self, state: _Channel, first: int, frames: list[str], replay: bool = False) -> None:
         """Hand frames with offsets first, first + 1, ... (first <= last + 1) to every local
-        subscriber, skipping those already delivered."""
+        subscriber, skipping those already delivered. `replay`: frames from history, which
+        reach the sockets all at once and so do not count against their slow-consumer bound."""
         assert state.last is not None and first <= state.last + 1
         skipped = min(len(frames), state.last + 1 - first)
         self.stats.duplicates_dropped += skipped
@@ -317,18 +356,19 @@ class Hub:
         subscribers = state.subscribers
         for frame in frames:  # frame by frame: each is turned into WebSocket bytes once
             for conn in subscribers:
-                conn.deliver(frame)
+                conn.deliver(frame, replay)
         self.stats.delivered += len(subscribers) * len(frames)
 
     def _release_held(self, state: _Channel) -> None:
-        """Deliver the held runs that no longer follow a gap."""
+        """Deliver the held runs that no longer follow a gap (a burst the sockets did not cause:
+        it does not count against their slow-consumer bound either)."""
         held = state.held
         if held:
             held.sort(key=lambda run: run[0])
             assert state.last is not None
             while held and held[0][0] <= state.last + 1:
                 first, frames = held.pop(0)
-                self._deliver_run(state, first, frames)
+                self._deliver_run(state, first, frames, replay=True)
         if not held and state.gap_timer is not None:
             if state.gap_timer is not asyncio.current_task():
                 state.gap_timer.cancel()
@@ -361,6 +401,7 @@ class Hub:
             read = await self.history.read(channel, after=state.last, limit=limit)
         except Exception as exc:  # noqa: BLE001 - Redis down: the events cannot be had
             logger.warning("reading history of %s failed: %s", channel, exc)
+            metrics.inc("notifier_redis_errors", operation="history_read")
             if upto is not None:
                 self._resync(channel, state, upto)
             return
@@ -371,20 +412,41 @@ class Hub:
         if start > state.last + 1:
             self._resync(channel, state, start - 1)
         for offset, frame in frames:
-            self._deliver_run(state, offset, [frame])
+            self._deliver_run(state, offset, [frame], replay=True)
 
     def _resync(self, channel: str, state: _Channel, offset: int) -> None:
         """Skip to `offset`: the events up to it cannot be delivered, and the subscribers are
         told so (DESIGN §5: `recovered: false` means "refetch your state")."""
         assert state.last is not None
         logger.warning("%s: events %d-%d are no longer in history; subscribers told", channel, state.last + 1, offset)
+        state.last = offset
+        self._tell_not_recovered(channel, state)
+
+    def _restart(self, channel: str, state: _Channel, epoch: str) -> None:
+        """History restarted under a new epoch (it expired, or Redis lost it): offsets count
+        from 1 again. The subscribers are told before any event of the new epoch reaches them,
+        with a `subscribed` frame saying `recovered: false` at offset 0."""
+        previous = state.epoch
+        state.last, state.epoch = 0, epoch
+        state.held.clear()
+        if not previous:  # there was no history before (""): nothing was missed
+            return
+        state.retired = [*state.retired[1 - RETIRED_EPOCHS :], previous]
+        if state.subscribers:
+            logger.warning("%s: history restarted (epoch %s -> %s); subscribers told", channel, previous, epoch)
+        self._tell_not_recovered(channel, state)
+
+    def _tell_not_recovered(self, channel: str, state: _Channel) -> None:
+        """Send the subscribers `subscribed` with `recovered: false` at the hub's position:
+        events up to it cannot be delivered, delivery goes on after it."""
+        if not state.subscribers:
+            return
         self.stats.resyncs += 1
         frame = dumps(
-            {"type": "subscribed", "channel": channel, "offset": offset, "epoch": state.epoch, "recovered": False}
+            {"type": "subscribed", "channel": channel, "offset": state.last, "epoch": state.epoch, "recovered": False}
         )
         for conn in state.subscribers:
             conn.deliver(frame)
-        state.last = offset
 
     async def _position_loop(self) -> None:
         while True:
@@ -395,6 +457,7 @@ class Hub:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis down: try again next round
                 logger.warning("position check failed: %s", exc)
+                metrics.inc("notifier_redis_errors", operation="position_check")
 
     async def check_positions(self) -> None:
         """Deliver events whose live message was lost and that no later event revealed.
@@ -414,8 +477,7 @@ class Hub:
                 continue
             async with state.lock:
                 if state.epoch != position.epoch:
-                    state.last, state.epoch = 0, position.epoch  # history restarted at offset 1
-                    state.held.clear()
+                    self._restart(channel, state, position.epoch)
                 before = state.last
                 await self._catch_up(channel, state)
                 self.stats.position_fills += state.last != before
@@ -455,6 +517,7 @@ class Hub:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis down: entries may lapse, then return
                 logger.warning("presence refresh failed: %s", exc)
+                metrics.inc("notifier_redis_errors", operation="presence_refresh")
 
     async def stop(self) -> None:
         timers = [state.gap_timer for state in self._channels.values() if state.gap_timer is not None]
@@ -465,6 +528,10 @@ class Hub:
 
 
 _LATEST = 1 << 62  # "after" this offset: read only the position, no frames
+
+
+def _position(state: _Channel) -> Position:
+    return Position(state.last or 0, state.epoch or "")
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()

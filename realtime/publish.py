@@ -24,7 +24,7 @@ from .bridge import run_sync
 from .channels import InvalidChannel, group_of, policy_of, validate_channel
 from .conf import notifier_settings
 from .events import FrameTemplate, dumps, event_template, new_event_id, now
-from .history import Append, Position, Stored, get_history
+from .history import Append, Position, Stored, get_history, history_limits
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,20 @@ class Unavailable(PublishError):
     """Redis (history or channel layer) failed: the event was not acknowledged."""
 
     code = "unavailable"
+
+
+class StoredNotSent(Unavailable):
+    """History stored the event, then the channel layer failed. It is still not acknowledged
+    (503), but it is delivered: the hubs find it in history (gap fill, position check). So its
+    idempotency key keeps this answer, and a retry with the key publishes no second copy."""
+
+    def __init__(self, result: PublishResult) -> None:
+        super().__init__(
+            "the event was stored but the channel layer is unavailable; it is delivered when the "
+            "layer is back. A retry with the same idempotency key publishes no second copy",
+            {"stored": True, **result.as_dict()},
+        )
+        self.result = result
 
 
 @dataclass(frozen=True)
@@ -138,18 +152,26 @@ async def apublish(
         raise Unavailable("Redis is unavailable; the event was not published") from exc
     if claimed.answer is not None:
         return PublishResult.from_dict(claimed.answer)
+    stored: list[PublishResult] = []
     try:
-        (result,) = await _store_and_send([(event_id, items)])
+        (result,) = await _store_and_send([(event_id, items)], stored)
     except BaseException:
-        with contextlib.suppress(RedisError, OSError):
-            await store.release(key)
+        if stored:  # in history, so delivered: a retry must get this answer, not publish again
+            await _record(store, key, stored[0])
+        else:  # nothing stored: a retry goes through
+            with contextlib.suppress(RedisError, OSError):
+                await store.release(key)
         raise
-    try:
-        await store.complete(key, dumps(result.as_dict()), notifier_settings.IDEMPOTENCY_WINDOW_SECS)
-    except (RedisError, OSError) as exc:  # published all the same; a retry may publish again
-        logger.warning("could not record idempotency key: %s", exc)
+    await _record(store, key, result)
     _count_publish(publisher, started)
     return result
+
+
+async def _record(store: idempotency.IdempotencyStore, key: str, result: PublishResult) -> None:
+    try:
+        await store.complete(key, dumps(result.as_dict()), notifier_settings.IDEMPOTENCY_WINDOW_SECS)
+    except (RedisError, OSError) as exc:  # the claim lapses after CLAIM_TTL_SECS; a retry then may publish again
+        logger.warning("could not record idempotency key: %s", exc)
 
 
 def _count_publish(publisher: str, started: float) -> None:
@@ -171,12 +193,8 @@ def _prepare(channels: Sequence[str], event: str, data: Any, sender: str | None)
 def _append_item(channel: str, template: FrameTemplate) -> Append:
     policy = policy_of(channel)
     assert policy is not None  # check_channels refused unknown namespaces
-    return Append(
-        channel,
-        template,
-        policy.history_size or notifier_settings.HISTORY_SIZE,
-        policy.history_ttl_secs or notifier_settings.HISTORY_TTL_SECS,
-    )
+    size, ttl_secs = history_limits(channel, policy.history_size, policy.history_ttl_secs)
+    return Append(channel, template, size, ttl_secs)
 
 
 @dataclass(frozen=True)
@@ -205,11 +223,12 @@ async def apublish_many(requests: Sequence[PublishRequest]) -> list[PublishResul
     async def flush() -> None:
         if not run:
             return
+        stored: list[PublishResult] = []
         try:
-            results = await _store_and_send([(event_id, items) for _, event_id, items, _ in run])
+            results = await _store_and_send([(event_id, items) for _, event_id, items, _ in run], stored)
         except Unavailable as exc:
-            for index, *_ in run:
-                answers[index] = exc
+            for n, (index, *_) in enumerate(run):
+                answers[index] = StoredNotSent(stored[n]) if stored else exc
         else:
             for (index, _, _, started), result in zip(run, results, strict=True):
                 answers[index] = result
@@ -243,13 +262,18 @@ async def apublish_many(requests: Sequence[PublishRequest]) -> list[PublishResul
     return answers  # type: ignore[return-value]
 
 
-async def _store_and_send(events: list[tuple[str, list[Append]]]) -> list[PublishResult]:
+async def _store_and_send(
+    events: list[tuple[str, list[Append]]], stored_results: list[PublishResult] | None = None
+) -> list[PublishResult]:
     """Store events (one history round trip for all) and send them to their channels' groups:
-    one message per channel carrying its frames in offset order, all in one round trip."""
+    one message per channel carrying its frames in offset order, all in one round trip.
+
+    Once history has stored them, their results are put in `stored_results`, so a caller whose
+    send then failed (StoredNotSent, or cancelled) knows they will be delivered all the same.
+    """
     items = [item for _, appends in events for item in appends]
     try:
         stored = await get_history().append(items)
-        await _group_send_many(get_channel_layer(), hub_messages(items, stored))
     except (RedisError, OSError) as exc:
         logger.warning("publish failed: %s: %s", type(exc).__name__, exc)
         metrics.inc("notifier_redis_errors", operation="publish")
@@ -259,6 +283,16 @@ async def _store_and_send(events: list[tuple[str, list[Append]]]) -> list[Publis
         records = stored[position : position + len(appends)]
         position += len(appends)
         results.append(PublishResult(event_id, {i.channel: r.position for i, r in zip(appends, records, strict=True)}))
+    if stored_results is not None:
+        stored_results.extend(results)
+    try:
+        await _group_send_many(get_channel_layer(), hub_messages(items, stored))
+    except (RedisError, OSError) as exc:
+        logger.warning("publish stored but not sent: %s: %s", type(exc).__name__, exc)
+        metrics.inc("notifier_redis_errors", operation="publish")
+        if len(results) == 1:
+            raise StoredNotSent(results[0]) from exc
+        raise Unavailable("the events were stored but the channel layer is unavailable") from exc
     return results
 
 

@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from channels.layers import channel_layers
+from django.core.exceptions import ImproperlyConfigured
 
+from realtime.conf import notifier_settings
 from realtime.events import event_template
-from realtime.history import Append, History, MemoryHistory, RedisHistory
+from realtime.history import Append, History, MemoryHistory, RedisHistory, get_history
+from realtime.publish import apublish
 
 from .support import RedisServer
 
@@ -132,3 +137,57 @@ async def test_reading_after_an_offset_beyond_any_is_empty_not_an_error(history:
     await history.append([item("big", 1)])
     page = await history.read("big", after=897857134864675494690816, limit=10)  # found by schemathesis
     assert page.frames == [] and page.complete and page.position.offset == 1
+
+
+@pytest.fixture
+def namespaces(settings: Any, redis_server: RedisServer) -> Iterator[RedisServer]:
+    """Publishing through Redis history, with per-namespace history policies."""
+    channel_layers.backends.pop("default", None)  # a layer bound to another test's loop
+    settings.NOTIFIER = {
+        **settings.NOTIFIER,
+        "REDIS_URL": redis_server.url,
+        "REDIS_PREFIX": f"ns{uuid.uuid4().hex[:6]}",
+        "NAMESPACES": {
+            "small": {"history_size": 3, "history_ttl_secs": 30},
+            "none": {"history_size": 0},
+        },
+    }
+    yield redis_server
+    channel_layers.backends.pop("default", None)
+
+
+def ttls(server: RedisServer, channel: str) -> list[int]:
+    prefix = f"{notifier_settings.REDIS_PREFIX}:h:{channel}"
+    with server.client() as client:
+        return [int(client.ttl(f"{prefix}:meta")), int(client.ttl(f"{prefix}:log"))]
+
+
+async def test_namespace_history_size_and_ttl_are_applied(namespaces: RedisServer) -> None:
+    for n in range(5):
+        await apublish(["small:a", "plain"], "e", n)
+    history = get_history()
+    small = await history.read("small:a", after=0, limit=100)
+    assert [o for o, _ in small.frames] == [3, 4, 5] and not small.complete
+    assert all(0 < ttl <= 30 for ttl in ttls(namespaces, "small:a"))
+    plain = await history.read("plain", after=0, limit=100)  # the defaults: 1,000 events, a day
+    assert [o for o, _ in plain.frames] == [1, 2, 3, 4, 5] and plain.complete
+    assert all(30 < ttl <= 24 * 3600 for ttl in ttls(namespaces, "plain"))
+
+
+async def test_a_history_size_of_zero_keeps_offsets_but_no_events(namespaces: RedisServer) -> None:
+    for n in range(3):
+        result = await apublish(["none:a"], "e", n)
+    assert result.channels["none:a"].offset == 3
+    page = await get_history().read("none:a", after=0, limit=100)
+    assert page.frames == [] and page.position.offset == 3 and not page.complete
+    assert all(3600 < ttl <= 24 * 3600 for ttl in ttls(namespaces, "none:a"))
+
+
+@pytest.mark.parametrize("policy", [{"history_ttl_secs": 0}, {"history_size": -1}, {"history_size": "9"}])
+def test_a_history_policy_that_cannot_work_stops_the_process(settings: Any, policy: dict[str, Any]) -> None:
+    """Refused when the namespaces are merged (at start, realtime.apps), not at the first publish."""
+    from realtime.channels import policies
+
+    settings.NOTIFIER = {**settings.NOTIFIER, "NAMESPACES": {"bad": policy}}
+    with pytest.raises(ImproperlyConfigured, match="'bad:': history"):
+        policies()

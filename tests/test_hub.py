@@ -253,3 +253,159 @@ async def test_stopping_the_hub_cancels_a_pending_gap_wait(hub: Hub) -> None:
     assert timer is not None and not timer.done()
     await hub.stop()
     assert timer.cancelled()
+
+
+def frames_of(socket: Socket) -> list[dict[str, Any]]:
+    return [json.loads(m["text"]) for m in socket.sent if m["type"] == "websocket.send"]
+
+
+async def test_a_subscriber_ahead_of_this_process_gets_nothing_twice(hub: Hub) -> None:
+    # Failover to a slower process: the client has 1-4 (the process it came from was ahead);
+    # this process has delivered only 1-2, and 3-5 are still on their way to it.
+    existing = await connect(hub, "k")
+    messages = await store(hub, "k", 5)
+    for message in messages[:2]:
+        await hub.on_event(message)
+    epoch = messages[0]["epoch"]
+    moved = Socket()
+    conn = Connection(moved)
+    await hub.add_connection(conn)
+    answers: list[Any] = []
+    sub = await hub.subscribe("k", conn, Position(4, epoch), answers.append)
+    assert sub.recovered and sub.position == Position(5, epoch) and answers == [sub]
+    for message in messages[2:]:  # the late live messages: already delivered, dropped
+        await hub.on_event(message)
+    (more,) = await store(hub, "k", 1)
+    await hub.on_event(more)
+    await settle()
+    assert moved.offsets() == [5, 6]
+    assert existing.offsets() == [1, 2, 3, 4, 5, 6]
+
+
+async def test_a_position_ahead_of_history_in_the_same_epoch_is_not_recovered(hub: Hub) -> None:
+    # E.g. a Redis failover that lost the last writes but kept the channel's epoch.
+    messages = await store(hub, "l", 3)
+    epoch = messages[0]["epoch"]
+    socket = Socket()
+    sub = await hub.subscribe("l", Connection(socket), Position(7, epoch))
+    assert sub.recovered is False and sub.position == Position(3, epoch) and sub.replay == []
+
+
+async def test_a_new_epoch_seen_live_is_announced_before_its_events(hub: Hub) -> None:
+    socket = await connect(hub, "n")
+    old = await store(hub, "n", 2)
+    for message in old:
+        await hub.on_event(message)
+    hub.history = MemoryHistory()  # history lost: the next publish starts a new epoch
+    new = await store(hub, "n", 2)
+    new_epoch = new[0]["epoch"]
+    for message in new:
+        await hub.on_event(message)
+    await hub.on_event(old[1])  # a late message of the old epoch does not switch back
+    await settle()
+    frames = frames_of(socket)
+    assert [(f["type"], f.get("epoch"), f["offset"]) for f in frames] == [
+        ("event", old[0]["epoch"], 1),
+        ("event", old[0]["epoch"], 2),
+        ("subscribed", new_epoch, 0),
+        ("event", new_epoch, 1),
+        ("event", new_epoch, 2),
+    ]
+    assert frames[2] == {"type": "subscribed", "channel": "n", "offset": 0, "epoch": new_epoch, "recovered": False}
+
+
+async def test_a_new_epoch_found_by_the_position_check_is_announced_before_its_events(hub: Hub) -> None:
+    socket = await connect(hub, "o")
+    for message in await store(hub, "o", 3):
+        await hub.on_event(message)
+    hub.history = MemoryHistory()
+    new_epoch = (await store(hub, "o", 2))[0]["epoch"]  # no live message reaches this process
+    await hub.check_positions()
+    await settle()
+    frames = frames_of(socket)
+    assert [(f["type"], f["offset"]) for f in frames[3:]] == [("subscribed", 0), ("event", 1), ("event", 2)]
+    assert frames[3]["recovered"] is False and frames[4]["epoch"] == new_epoch
+
+
+async def test_a_new_epoch_found_by_a_subscribe_is_announced_to_the_existing_subscribers(hub: Hub) -> None:
+    first = await connect(hub, "q")
+    old = await store(hub, "q", 2)
+    for message in old:
+        await hub.on_event(message)
+    hub.history = MemoryHistory()
+    new_epoch = (await store(hub, "q", 3))[0]["epoch"]
+    second = Socket()
+    sub = await hub.subscribe("q", Connection(second), Position(1, old[0]["epoch"]))
+    assert sub.recovered is False and sub.position == Position(3, new_epoch) and sub.replay == []
+    await settle()
+    frames = frames_of(first)
+    assert [(f["type"], f["offset"]) for f in frames[2:]] == [
+        ("subscribed", 0),
+        ("event", 1),
+        ("event", 2),
+        ("event", 3),
+    ]
+    assert frames[2]["recovered"] is False and frames[2]["epoch"] == new_epoch
+
+
+async def store_many(hub: Hub, channel: str, count: int) -> list[dict[str, Any]]:
+    """`count` events in history in one append (history keeps them all), as one run."""
+    items = [Append(channel, event_template(channel, f"i{n}", "e", str(n), 0.0), 10_000, 60) for n in range(count)]
+    return [message for _, message in hub_messages(items, await hub.history.append(items))]
+
+
+async def drain(socket: Socket, count: int) -> None:
+    for _ in range(1000):
+        if len(socket.events()) >= count:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{len(socket.events())} of {count} events")
+
+
+async def test_a_replay_larger_than_the_outbox_is_not_too_slow(hub: Hub) -> None:
+    total = OUTBOX_MAX_FRAMES + 500
+    messages = await store_many(hub, "r", total)
+    socket = await connect(hub, "r", since=Position(0, messages[0]["epoch"]))
+    await drain(socket, total)
+    assert socket.offsets() == list(range(1, total + 1))
+    assert not any(m["type"] == "websocket.close" for m in socket.sent)
+
+
+async def test_a_gap_fill_larger_than_the_outbox_is_not_too_slow(hub: Hub) -> None:
+    socket = await connect(hub, "u")
+    total = OUTBOX_MAX_FRAMES + 500
+    await store_many(hub, "u", total)  # none of it arrives live
+    await hub.check_positions()
+    await drain(socket, total)
+    assert socket.offsets() == list(range(1, total + 1))
+    assert not any(m["type"] == "websocket.close" for m in socket.sent)
+
+
+async def test_live_frames_behind_a_replay_still_close_a_socket_that_stops_reading(hub: Hub) -> None:
+    messages = await store_many(hub, "v", OUTBOX_MAX_FRAMES + 500)
+    release = asyncio.Event()  # never set: the client reads nothing
+
+    async def stuck_send(message: dict[str, Any]) -> None:
+        await release.wait()
+
+    conn = Connection(stuck_send)
+    await hub.subscribe("v", conn, Position(0, messages[0]["epoch"]))
+    assert not conn.closed  # the replay is queued beyond the bound
+    for _ in range(OUTBOX_MAX_FRAMES):
+        live = await store_many(hub, "v", 1)
+        await hub.on_event(live[0])
+    assert not conn.closed  # 1,000 live frames behind the replay: at the bound
+    await hub.on_event((await store_many(hub, "v", 1))[0])
+    assert conn.closed and conn._close_code == CloseCode.TOO_SLOW
+
+
+async def test_a_replay_larger_than_a_socket_may_queue_is_answered_not_recovered(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("realtime.connection.REPLAY_MAX_FRAMES", 100)
+    messages = await store_many(hub, "w", 150)
+    socket = Socket()
+    conn = Connection(socket)
+    sub = await hub.subscribe("w", conn, Position(0, messages[0]["epoch"]))
+    assert sub.recovered is False and sub.position.offset == 150 and sub.replay == []
+    assert not conn.closed

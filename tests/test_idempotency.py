@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 from channels.layers import channel_layers
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from realtime.history import get_history
 from realtime.idempotency import MemoryIdempotencyStore, RedisIdempotencyStore
-from realtime.publish import Unavailable, apublish
+from realtime.publish import PublishRequest, StoredNotSent, Unavailable, apublish, apublish_many
 
 from .support import RedisServer
 
@@ -94,3 +95,44 @@ def test_redis_store_is_the_production_store(settings: Any) -> None:
 
     settings.NOTIFIER = {**settings.NOTIFIER, "REDIS_URL": "redis://127.0.0.1:1/0"}
     assert isinstance(get_store(), RedisIdempotencyStore)
+
+
+async def test_an_event_stored_but_not_sent_keeps_its_key_so_a_retry_adds_no_copy(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import realtime.publish as publish_module
+
+    channel = f"idem.{uuid.uuid4().hex[:8]}"
+    original = publish_module._group_send_many
+    calls = []
+
+    async def fails_once(*args: Any) -> None:
+        calls.append(args)
+        if len(calls) == 1:
+            raise RedisConnectionError("the layer's connection dropped")
+        await original(*args)
+
+    monkeypatch.setattr(publish_module, "_group_send_many", fails_once)
+    with pytest.raises(Unavailable) as failed:  # still not acknowledged: a 503
+        await apublish([channel], "e", 1, idempotency_key="celery-retry", publisher="celery")
+    assert failed.value.code == "unavailable" and failed.value.details["stored"] is True
+    assert await offsets(channel) == [1]  # stored: the hubs deliver it from history
+    retried = await apublish([channel], "e", 1, idempotency_key="celery-retry", publisher="celery")
+    assert retried.as_dict() == {k: v for k, v in failed.value.details.items() if k != "stored"}
+    assert await offsets(channel) == [1]  # the retry published no second copy
+    assert len(calls) == 1
+
+
+async def test_a_batch_stored_but_not_sent_reports_each_events_position(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import realtime.publish as publish_module
+
+    async def down(*args: Any) -> None:
+        raise RedisConnectionError("down")
+
+    monkeypatch.setattr(publish_module, "_group_send_many", down)
+    channel = f"idem.{uuid.uuid4().hex[:8]}"
+    answers = await apublish_many([PublishRequest([channel], "e", n) for n in range(3)])
+    assert all(isinstance(a, StoredNotSent) for a in answers)
+    assert [a.result.channels[channel].offset for a in answers if isinstance(a, StoredNotSent)] == [1, 2, 3]

@@ -250,3 +250,39 @@ async def test_a_client_that_stops_reading_is_closed_and_memory_stays_bounded(
         await fast.close()
     finally:
         server.stop()
+
+
+async def test_a_replay_larger_than_the_outbox_arrives_whole_on_daphne(
+    redis_server: RedisServer, service_db: Path, workdir: Path, api_key: str
+) -> None:
+    # Daphne (the embedded default) writes through ASGI `send`, so a subscribe's replay sits in
+    # the socket's outbox all at once: more than its 1,000-frame bound must not close it as
+    # too slow (the client would come back with the same `since`, forever).
+    env = service_env(redis_server.url, service_db, NOTIFIER_NAMESPACES=json.dumps({"deep": {"history_size": 2000}}))
+    server = Server(env, workdir)
+    channel, missed = f"deep:{uuid.uuid4().hex[:12]}", 1200
+    try:
+        client = await Client.connect(server.ws)
+        await client.subscribe(channel)
+        notify(server, api_key, {"channel": channel, "event": "seen"})
+        (seen,) = await client.events(1)
+        await client.close()
+        for start in range(0, missed, 100):
+            batch(
+                server, api_key, [{"channel": channel, "event": "missed", "data": n} for n in range(start, start + 100)]
+            )
+
+        client = await Client.connect(server.ws)
+        subscribed = await client.subscribe(channel, since={"offset": seen["offset"], "epoch": seen["epoch"]})
+        assert subscribed["recovered"] is True and subscribed["offset"] == missed + 1
+        replayed = await client.events(missed, timeout=30)
+        assert [e["offset"] for e in replayed] == list(range(2, missed + 2))
+        assert [e["data"] for e in replayed] == list(range(missed))
+        notify(server, api_key, {"channel": channel, "event": "live"})
+        (live,) = await client.events(1)
+        assert live["offset"] == missed + 2
+        assert await client.nothing_within(0.3)
+        await client.close()
+        assert "too slow" not in server.log()
+    finally:
+        server.stop()

@@ -278,8 +278,19 @@ async def test_redis_outage_answers_503_then_recovers(
             return status == 202
 
         await asyncio.to_thread(wait_until, publish_again, 30, 0.5, "the API to recover")
-        # The subscriber from before the outage receives what was published after it, in order,
-        # up to the acknowledged event (a refused attempt may have been stored, and is delivered).
+        # This Redis keeps nothing on disk: it came back empty, so the channel's history starts a
+        # new epoch, and the subscriber is told so before the new epoch's events.
+        restart = await client.recv(timeout=15)
+        new_epoch = accepted[0]["channels"][channel]["epoch"]
+        assert restart == {
+            "type": "subscribed",
+            "channel": channel,
+            "offset": 0,
+            "epoch": new_epoch,
+            "recovered": False,
+        }
+        # Then it receives what was published after the outage, in order, up to the acknowledged
+        # event (a refused attempt may have been stored, and is delivered).
         received = []
         while not received or received[-1]["id"] != accepted[0]["id"]:
             received.extend(await client.events(1, timeout=15))

@@ -52,3 +52,18 @@ def test_redis_errors_are_retried_with_backoff(monkeypatch: pytest.MonkeyPatch) 
 def test_invalid_kwargs_are_not_retried() -> None:
     result = tasks.notify.apply(kwargs={"channel": "bad channel", "event": "e"}, retries=0, throw=False)
     assert result.state == "FAILURE" and isinstance(result.result, tasks.InvalidNotification)
+
+
+def test_an_event_stored_but_not_sent_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """History has it and the hubs deliver it; a retry (no idempotency key) would be a second copy."""
+    from realtime.history import Position
+    from realtime.publish import PublishResult, StoredNotSent
+
+    stored = PublishResult("abc", {"a": Position(7, "e1")})
+
+    def half_failing_publish(*args: Any, **kwargs: Any) -> Any:
+        raise StoredNotSent(stored)
+
+    monkeypatch.setattr(tasks, "publish", half_failing_publish)
+    result = tasks.notify.apply(kwargs={"channel": "a", "event": "e"}, throw=False)
+    assert result.state == "SUCCESS" and result.result == stored.as_dict()

@@ -9,7 +9,7 @@ from celery import Task, shared_task
 from rest_framework.exceptions import ValidationError
 
 from api.serializers import validated_notify
-from realtime.publish import PublishError, Unavailable, publish
+from realtime.publish import PublishError, StoredNotSent, Unavailable, publish
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,11 @@ def notify(self: Task, **body: Any) -> dict[str, Any]:
             idempotency_key=attrs.get("idempotency_key"),
             publisher=CELERY_PUBLISHER,  # all tasks count as one publisher (DESIGN §4)
         ).as_dict()
+    except StoredNotSent as exc:
+        # In history already, so the hubs deliver it (gap fill, position check). A retry
+        # without an idempotency key would publish a second copy: end the task here.
+        logger.warning("notify: stored, live send failed; delivered from history: %s", exc.result.id)
+        return exc.result.as_dict()
     except Unavailable:
         raise
     except PublishError as exc:

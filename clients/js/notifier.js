@@ -177,6 +177,7 @@ export const ErrorCodes = Object.freeze({
   TOKEN_EXPIRED: "token_expired",
   RATE_LIMITED: "rate_limited",
   TOO_MANY_SUBSCRIPTIONS: "too_many_subscriptions",
+  TOO_MANY_CONNECTIONS: "too_many_connections",
   NOT_SUBSCRIBED: "not_subscribed",
   ALREADY_SUBSCRIBED: "already_subscribed",
   PAYLOAD_TOO_LARGE: "payload_too_large",
@@ -818,8 +819,16 @@ export class NotifierClient {
     // Not subscribed on this socket (yet, or any more): anything here predates our subscribe.
     if (!entry || entry.status !== "subscribed") return;
     if (typeof frame.epoch === "string" && frame.epoch !== entry.epoch) {
-      entry.epoch = frame.epoch; // history restarted: offsets count from 1 again
-      entry.offset = 0;
+      // History restarted: offsets count from 1 again. Today's server says so first with a
+      // `subscribed` frame (recovered: false), which set the epoch; an older one did not, so the
+      // page is told here, the same way, unless there was no history before (no epoch).
+      const known = entry.epoch;
+      entry.epoch = frame.epoch;
+      entry.offset = typeof frame.offset === "number" ? Math.max(0, frame.offset - 1) : 0;
+      if (known) {
+        this._savePosition(entry);
+        this._emit("subscribed", { channel: entry.channel, recovered: false, offset: entry.offset, epoch: frame.epoch });
+      }
     }
     if (typeof frame.offset === "number") {
       if (entry.offset !== null && frame.offset <= entry.offset) return; // duplicate

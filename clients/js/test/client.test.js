@@ -118,6 +118,32 @@ test("an event frame carrying a new epoch restarts offsets instead of being drop
   assert.deepEqual(got, ["e1/5", "e2/1", "e2/2"]);
 });
 
+test("an event of a new epoch without a subscribed frame before it is surfaced as recovered:false", async (t) => {
+  const { server, client } = await setup(t);
+  const seen = [];
+  client.on("subscribed", (info) => seen.push(info));
+  client.on("event", (event) => seen.push(`${event.epoch}/${event.offset}`));
+  client.subscribe("news", () => {});
+  await until(() => seen.length === 1);
+  const event = (offset, epoch) => ({ type: "event", channel: "news", offset, epoch, id: `${epoch}${offset}`, event: "e", data: null, ts: 1 });
+  server.last.send(event(1, "e1"));
+  server.last.send(event(1, "e2")); // an older server: the new epoch's first event, unannounced
+  server.last.send(event(2, "e2"));
+  // Today's server announces the next restart itself: the client does not announce it twice.
+  server.last.send({ type: "subscribed", channel: "news", offset: 0, epoch: "e3", recovered: false });
+  server.last.send(event(1, "e3"));
+  await until(() => seen.length === 7);
+  assert.deepEqual(seen, [
+    { channel: "news", recovered: true, offset: 0, epoch: "e1" },
+    "e1/1",
+    { channel: "news", recovered: false, offset: 0, epoch: "e2" },
+    "e2/1",
+    "e2/2",
+    { channel: "news", recovered: false, offset: 0, epoch: "e3" },
+    "e3/1",
+  ]);
+});
+
 test("recovered:false is surfaced when history no longer covers since", async (t) => {
   const { server, client } = await setup(t);
   server.publish("news", "a", 1);
