@@ -1,21 +1,32 @@
-"""Operations endpoints: readiness and Prometheus metrics (liveness is api.views.HealthView).
+"""Operations endpoints: liveness, readiness and Prometheus metrics.
 
-Plain Django views: they must answer even when Redis, which DRF's throttling uses, is broken."""
+Under the ASGI server, `OperationsApp` (notifier/asgi.py) answers GET /healthz, /readyz and
+/metrics before Django routing, the way /sse/ is routed: probes and Prometheus scrape
+`127.0.0.1:<port>`, a Host that `DJANGO_ALLOWED_HOSTS` (the public name) does not list, and
+these answers build no URL from Host, so there is nothing for ALLOWED_HOSTS to protect. They
+must also answer when Redis, which DRF's throttling uses, is broken. The plain Django views
+below give the same answers to Django's test client (and any other non-ASGI caller).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import json
+import uuid
+import weakref
+from dataclasses import dataclass, field
 from typing import Any
 
-from channels.layers import get_channel_layer
+from asgiref.sync import sync_to_async
+from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from realtime import metrics
+from realtime import metrics, shutdown
 from realtime.bridge import run_sync
 from realtime.conf import notifier_settings
 from realtime.redis import get_redis
@@ -23,22 +34,37 @@ from realtime.redis import get_redis
 from .exceptions import error_body
 
 CHECK_TIMEOUT_SECS = 3.0
+PATHS = ("/healthz", "/readyz", "/metrics")
+JSON = "application/json"
+
+Check = dict[str, Any]
 
 
-def _check_database() -> dict[str, Any]:
+def _check_database(close: bool = False) -> Check:
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
         return {"ok": True}
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         return {"ok": False, "message": f"{type(exc).__name__}: {exc}"}
+    finally:
+        if close:  # outside Django's request cycle nothing else closes this thread's connection
+            connection.close()
 
 
-async def _check_redis() -> dict[str, dict[str, Any]]:
+async def _check_database_async() -> Check:
+    try:
+        check = sync_to_async(_check_database, thread_sensitive=False)
+        return await asyncio.wait_for(check(close=True), CHECK_TIMEOUT_SECS)
+    except TimeoutError:
+        return {"ok": False, "message": f"no answer within {CHECK_TIMEOUT_SECS:g}s"}
+
+
+async def _check_redis() -> dict[str, Check]:
     if notifier_settings.embedded:
         skipped = {"ok": True, "message": "embedded mode: no Redis"}
         return {"redis": skipped, "redis_policy": skipped, "channel_layer": await _check_layer()}
-    checks: dict[str, dict[str, Any]] = {}
+    checks: dict[str, Check] = {}
     redis = get_redis()
     try:
         await asyncio.wait_for(redis.ping(), CHECK_TIMEOUT_SECS)
@@ -48,64 +74,176 @@ async def _check_redis() -> dict[str, dict[str, Any]]:
         checks["redis_policy"] = {"ok": False, "message": "Redis is unreachable"}
         checks["channel_layer"] = {"ok": False, "message": "Redis is unreachable"}
         return checks
-    try:
-        policy = (await redis.config_get("maxmemory-policy")).get("maxmemory-policy")
-        policy = policy.decode() if isinstance(policy, bytes) else policy
-        checks["redis_policy"] = (
-            {"ok": True, "policy": policy}
-            if policy == "noeviction"
-            else {
-                "ok": False,
-                "policy": policy,
-                "message": "set maxmemory-policy noeviction: eviction deletes "
-                "history, idempotency records and Celery queues",
-            }
-        )
-    except Exception as exc:  # noqa: BLE001 - CONFIG may be disabled on managed Redis
-        checks["redis_policy"] = {"ok": True, "policy": "unknown", "message": f"CONFIG GET refused: {exc}"}
+    checks["redis_policy"] = await _check_policy(redis)
     checks["channel_layer"] = await _check_layer()
     return checks
 
 
-async def _check_layer() -> dict[str, Any]:
+async def _check_policy(redis: Any) -> Check:
+    """`maxmemory-policy` must be noeviction (DESIGN §9).
+
+    Managed Redis services often refuse CONFIG. The policy is then reported as "unknown" and
+    the check passes: failing it would keep every process out of the load balancer for good
+    on such a service, and the operator can check the policy in the provider's console."""
+    try:
+        answer = await asyncio.wait_for(redis.config_get("maxmemory-policy"), CHECK_TIMEOUT_SECS)
+    except Exception as exc:  # noqa: BLE001 - CONFIG disabled, renamed or not allowed by ACL
+        return {
+            "ok": True,
+            "policy": "unknown",
+            "message": f"CONFIG GET refused ({type(exc).__name__}: {exc}); check that maxmemory-policy is noeviction",
+        }
+    policy = answer.get("maxmemory-policy", answer.get(b"maxmemory-policy"))
+    policy = policy.decode() if isinstance(policy, bytes) else policy
+    if policy == "noeviction":
+        return {"ok": True, "policy": policy}
+    return {
+        "ok": False,
+        "policy": policy if policy is not None else "unknown",
+        "message": "set maxmemory-policy noeviction: eviction deletes history, idempotency records and Celery queues",
+    }
+
+
+@dataclass
+class _Probe:
+    """One channel-layer channel per event loop for /readyz, reused by every check.
+
+    A new channel per check would leave one more Redis subscription behind each time: the
+    pub/sub layer only unsubscribes a channel when a receive on it is cancelled."""
+
+    layer: BaseChannelLayer
+    channel: str | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+_probes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Probe] = weakref.WeakKeyDictionary()
+
+
+async def _check_layer() -> Check:
     """A message sent through the channel layer comes back."""
     layer = get_channel_layer()
+    loop = asyncio.get_running_loop()
+    probe = _probes.get(loop)
+    if probe is None or probe.layer is not layer:
+        probe = _probes[loop] = _Probe(layer)
     try:
-        channel = await asyncio.wait_for(layer.new_channel(prefix="readyz."), CHECK_TIMEOUT_SECS)
-        receiving = asyncio.ensure_future(layer.receive(channel))
-        try:
-            await asyncio.wait_for(layer.send(channel, {"type": "readyz.probe"}), CHECK_TIMEOUT_SECS)
-            message = await asyncio.wait_for(receiving, CHECK_TIMEOUT_SECS)
-        finally:
-            receiving.cancel()
-        return {"ok": message.get("type") == "readyz.probe"}
+        async with asyncio.timeout(2 * CHECK_TIMEOUT_SECS):
+            async with probe.lock:  # one check at a time on the shared channel
+                return await _round_trip(probe)
     except Exception as exc:  # noqa: BLE001
-        return {"ok": False, "message": f"{type(exc).__name__}: {exc}"}
+        return {"ok": False, "message": f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__}
+
+
+async def _round_trip(probe: _Probe) -> Check:
+    if probe.channel is None:
+        probe.channel = await asyncio.wait_for(probe.layer.new_channel(prefix="readyz."), CHECK_TIMEOUT_SECS)
+    channel, nonce = probe.channel, uuid.uuid4().hex
+    await asyncio.wait_for(probe.layer.send(channel, {"type": "readyz.probe", "nonce": nonce}), CHECK_TIMEOUT_SECS)
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_SECS):
+            while True:  # skip anything an earlier check left behind
+                message = await probe.layer.receive(channel)
+                if message.get("nonce") == nonce:
+                    return {"ok": message.get("type") == "readyz.probe"}
+    except BaseException:
+        # A cancelled receive unsubscribes its channel (channels-redis): the next check makes
+        # a new one rather than send to a channel nobody listens to.
+        probe.channel = None
+        raise
+
+
+async def readiness(database: Check | None = None) -> tuple[int, dict[str, Any]]:
+    """(status, body) of /readyz: 200 when the database, Redis and the channel layer work and
+    Redis will not evict our data; 503 naming what fails, or `draining` after SIGTERM."""
+    if shutdown.is_draining():
+        checks: dict[str, Check] = {
+            "draining": {"ok": False, "message": "SIGTERM received: closing connections, then exiting"}
+        }
+    else:
+        if database is None:
+            database = await _check_database_async()
+        checks = {"database": database, **await _check_redis()}
+    failing = [name for name, check in checks.items() if not check["ok"]]
+    if not failing:
+        return 200, {"status": "ready", "checks": checks}
+    return 503, error_body("not_ready", f"failing: {', '.join(failing)}", {"failing": failing, "checks": checks})
+
+
+async def metrics_answer(authorization: str) -> tuple[int, bytes, str]:
+    """(status, body, content type) of /metrics; the token (NOTIFIER_METRICS_TOKEN) is checked
+    when it is set."""
+    token = settings.NOTIFIER_METRICS_TOKEN
+    if token and not hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
+        body = error_body("invalid_metrics_token", "Authorization: Bearer <metrics token>")
+        return 401, json.dumps(body).encode(), JSON
+    try:
+        registry = await metrics.snapshot()
+    except Exception as exc:  # noqa: BLE001 - Redis down
+        return 503, json.dumps(error_body("unavailable", f"metrics unavailable: {exc}")).encode(), JSON
+    return 200, generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class OperationsApp:
+    """ASGI: GET (or HEAD) /healthz, /readyz and /metrics here; everything else to `app`.
+
+    The first HTTP request also chains the SIGTERM drain handler (realtime/shutdown.py), so a
+    process that has not had a WebSocket yet drains (and answers `draining`) too."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._drain_handler = False
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not self._drain_handler:
+            self._drain_handler = True
+            _install_drain_handler()
+        path = scope.get("path") if scope["type"] == "http" else None
+        if path not in PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers: list[tuple[bytes, bytes]] = []
+        if scope["method"] not in ("GET", "HEAD"):
+            status, body, content_type = 405, _json(error_body("method_not_allowed", "use GET")), JSON
+            headers.append((b"allow", b"GET, HEAD"))
+        elif path == "/healthz":
+            status, body, content_type = 200, _json({"status": "ok"}), JSON
+        elif path == "/readyz":
+            status, answer = await readiness()
+            body, content_type = _json(answer), JSON
+        else:
+            authorization = next((v for k, v in scope["headers"] if k == b"authorization"), b"").decode("latin-1")
+            status, body, content_type = await metrics_answer(authorization)
+        headers += [
+            (b"content-type", content_type.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+def _install_drain_handler() -> None:
+    from realtime.hub import get_hub
+
+    try:
+        shutdown.install_drain_handler(get_hub())
+    except RuntimeError:  # no channel layer configured: nothing to drain
+        pass
 
 
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
     """Database, Redis and the channel layer work, and Redis will not evict our data."""
-    checks = {"database": _check_database(), **run_sync(_check_redis)}
-    failing = [name for name, check in checks.items() if not check["ok"]]
-    if not failing:
-        return JsonResponse({"status": "ready", "checks": checks})
-    body = error_body("not_ready", f"failing: {', '.join(failing)}", {"failing": failing, "checks": checks})
-    return JsonResponse(body, status=503)
+    status, body = run_sync(readiness, _check_database())
+    return JsonResponse(body, status=status)
 
 
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """Prometheus text format; protected by NOTIFIER_METRICS_TOKEN (Bearer) when it is set."""
-    token = settings.NOTIFIER_METRICS_TOKEN
-    if token:
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            return JsonResponse(
-                error_body("invalid_metrics_token", "Authorization: Bearer <metrics token>"), status=401
-            )
-    try:
-        registry = run_sync(metrics.snapshot)
-    except Exception as exc:  # noqa: BLE001 - Redis down
-        return JsonResponse(error_body("unavailable", f"metrics unavailable: {exc}"), status=503)
-    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    status, body, content_type = run_sync(metrics_answer, request.headers.get("Authorization", ""))
+    return HttpResponse(body, status=status, content_type=content_type)

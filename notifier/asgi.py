@@ -1,5 +1,6 @@
-"""ASGI entry point: HTTP through Django (and /sse/ through the event-stream app), WebSocket
-through the notifier consumer."""
+"""ASGI entry point: HTTP through Django (with /healthz, /readyz and /metrics answered before
+it, so a probe on 127.0.0.1 needs no ALLOWED_HOSTS entry, and /sse/ through the event-stream
+app), WebSocket through the notifier consumer."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 from django.urls import path, re_path  # noqa: E402
 
 from api.fast import FastPublishApp  # noqa: E402
+from api.health import OperationsApp  # noqa: E402
 from realtime.origin import OriginMiddleware  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 from realtime.session import SessionAuthMiddleware  # noqa: E402
@@ -31,7 +33,9 @@ http_app = URLRouter(
 
 application = ProtocolTypeRouter(
     {
-        "http": FastPublishApp(http_app),  # POST /api/notify(/batch): api/fast.py; the rest: Django
+        # GET /healthz, /readyz, /metrics: api/health.py; POST /api/notify(/batch): api/fast.py;
+        # the rest: Django.
+        "http": OperationsApp(FastPublishApp(http_app)),
         "websocket": OriginMiddleware(SessionAuthMiddleware(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -59,6 +59,7 @@ class LocalMetrics:
         self.latency_sum: float = 0.0
         self._flusher: asyncio.Task[None] | None = None
         self._flusher_loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = False  # the process is exiting: its last flush was done
 
     def inc(self, name: str, value: float = 1, **labels: str) -> None:
         self.counters[(name, tuple(sorted(labels.items())))] += value
@@ -75,8 +76,15 @@ class LocalMetrics:
         self.buckets, self.latency_sum = [0] * (len(LATENCY_BUCKETS) + 1), 0.0
         return taken
 
+    def stop_flusher(self) -> None:
+        """No more periodic flushes (they would write the gauges of an exiting process again)."""
+        self._stopped = True
+        if self._flusher is not None and self._flusher is not _current_task():
+            self._flusher.cancel()
+        self._flusher = None
+
     def _ensure_flusher(self) -> None:
-        if notifier_settings.embedded:
+        if notifier_settings.embedded or self._stopped:
             return
         try:
             loop = asyncio.get_running_loop()
@@ -85,6 +93,13 @@ class LocalMetrics:
         if self._flusher is None or self._flusher.done() or self._flusher_loop is not loop:
             self._flusher_loop = loop
             self._flusher = loop.create_task(_flush_forever())
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
 
 
 local = LocalMetrics()
@@ -157,8 +172,13 @@ def _hub_counters() -> dict[str, int]:
     return totals
 
 
-async def flush() -> None:
-    """Write this process's deltas and gauges to Redis (one round trip)."""
+async def flush(final: bool = False) -> None:
+    """Write this process's deltas and gauges to Redis (one round trip).
+
+    `final` (the process is exiting, realtime/shutdown.py): write the deltas and delete this
+    process's gauges and channel counts at once, rather than leave them until they expire."""
+    if final:
+        local.stop_flusher()
     for hub_counter, delta in _hub_counters().items():
         local.counters[(hub_counter, ())] += delta
     counters, buckets, latency_sum = local.take()
@@ -173,11 +193,14 @@ async def flush() -> None:
             if any(buckets):
                 pipe.hincrbyfloat(counters_key, f"{HISTOGRAM}|sum=total", latency_sum)
             gauges_key = gauges_prefix + process_id()
-            pipe.hset(gauges_key, mapping=dict(_gauges()))  # type: ignore[arg-type]
-            pipe.expire(gauges_key, GAUGE_TTL_SECS)
             channels_key = f"{notifier_settings.REDIS_PREFIX}:metrics:channels:{process_id()}"
             pipe.delete(channels_key)
-            counts = local_channel_counts()
+            if final:
+                pipe.delete(gauges_key)
+            else:
+                pipe.hset(gauges_key, mapping=dict(_gauges()))  # type: ignore[arg-type]
+                pipe.expire(gauges_key, GAUGE_TTL_SECS)
+            counts = {} if final else local_channel_counts()
             if counts:
                 pipe.hset(channels_key, mapping=counts)  # type: ignore[arg-type]
                 pipe.expire(channels_key, GAUGE_TTL_SECS)
