@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 ASGIApp = Any
 NOTIFY, BATCH = "/api/notify", "/api/notify/batch"
 JSON_HEADERS = [(b"content-type", b"application/json")]
+# Bodies above this are parsed only once the key is known to be good (one more Redis call).
+CHECK_KEY_BEFORE_PARSING_BYTES = 256 * 1024
 
 
 class FastPublishApp:
@@ -80,6 +82,10 @@ class FastPublishApp:
     ) -> tuple[int, dict[str, Any]]:
         """The view's checks in DRF's order: authentication, scope, body, rate, then each event."""
         raw_key = _bearer_key(scope)
+        if too_large or len(body) > CHECK_KEY_BEFORE_PARSING_BYTES:
+            # Parsing megabytes holds the event loop: never do it for an unknown key.
+            if (await self.keys.check(hash_key(raw_key), 0)).key is None:
+                raise InvalidApiKey("unknown or revoked API key")
         parsed, parse_error = _parse(body, too_large)
         events = parsed.get("events") if batch and isinstance(parsed, dict) else None
         cost = len(events) if isinstance(events, list) else 1
@@ -166,6 +172,8 @@ def _parse(body: bytes, too_large: bool) -> tuple[Any, exceptions.APIException |
         return json.loads(body), None
     except (ValueError, UnicodeDecodeError) as exc:
         return None, exceptions.ParseError(f"JSON parse error - {exc}")
+    except RecursionError:
+        return None, exceptions.ParseError("JSON parse error - nested too deeply")
 
 
 def _error(exc: Exception) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:

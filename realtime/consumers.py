@@ -7,6 +7,7 @@ It is deliberately not a channel-layer member: the process's hub is, once, for a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -50,6 +51,12 @@ class NotifierConsumer(AsyncWebsocketConsumer):
                 await self.dispatch(await receive())
         except StopConsumer:
             pass
+        except Exception:
+            # A bug must not leave this socket in the hub and in presence for good.
+            logger.exception("connection failed", extra=self.log_context if hasattr(self, "conn") else {})
+            await self.disconnect(CloseCode.INTERNAL_ERROR)
+            with contextlib.suppress(Exception):  # the socket may be gone already
+                await self.base_send({"type": "websocket.close", "code": int(CloseCode.INTERNAL_ERROR)})
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels' dispatch closes old DB connections in a thread on every frame; the socket
@@ -171,6 +178,9 @@ class NotifierConsumer(AsyncWebsocketConsumer):
             await self.handle(frame)
         except protocol.ProtocolError as exc:
             self.refuse(exc.code, exc.message, exc.ref)
+        except Exception:  # a bug: answer this frame, keep the socket (its state is intact)
+            logger.exception("frame failed", extra=self.log_context)
+            self.conn.deliver(protocol.error_frame(ErrorCode.INTERNAL, "internal error; see the server log"))
 
     def refuse(self, code: str, message: str, ref: Any = None) -> None:
         """Answer with an error frame; a flood of them closes the socket as abuse."""

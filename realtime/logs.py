@@ -12,6 +12,12 @@ import re
 import time
 
 _SECRETS = [
+    # A server's request line keeps its path, never its query: a token can hide there in any
+    # spelling (`?%74oken=%65yJ…`), which the patterns below would not recognize.
+    (
+        re.compile(r"((?:WebSocket|GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS) [^?\s\"']*)\?[^\s\"']*"),
+        r"\1?[query redacted]",
+    ),
     (re.compile(r"(token=)[^&\s\"']+"), r"\1[redacted]"),
     (re.compile(r"(Bearer\s+)[^\s\"']+", re.IGNORECASE), r"\1[redacted]"),
     (re.compile(r"\bnk_[A-Za-z0-9_\-]{10,}"), "nk_[redacted]"),

@@ -1,14 +1,18 @@
 """Origin validation for WebSocket handshakes.
 
-A browser always sends `Origin`; it must be the service's own host or one listed in
-NOTIFIER["ALLOWED_ORIGINS"]. Servers and scripts send none and are allowed (DESIGN §5), which
-Channels' OriginValidator does not allow, hence this small middleware.
+A browser always sends `Origin`; it must be the service's own host (and that host one of
+DJANGO_ALLOWED_HOSTS) or one listed in NOTIFIER["ALLOWED_ORIGINS"]. Servers and scripts send
+none and are allowed (DESIGN §5), which Channels' OriginValidator does not allow, hence this
+small middleware.
 """
 
 from __future__ import annotations
 
 from typing import Any
 from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.http.request import split_domain_port, validate_host
 
 from .codes import CloseCode
 from .conf import notifier_settings
@@ -28,7 +32,12 @@ def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> 
     if "*" in allowed or origin in allowed:
         return True
     parts = urlsplit(origin)
-    return bool(host) and parts.scheme in {"http", "https"} and parts.netloc.lower() == (host or "").lower()
+    if not host or parts.scheme not in {"http", "https"} or parts.netloc.lower() != host.lower():
+        return False
+    # Same origin, and the host must be one of ours: a page on a name an attacker points at
+    # this server (DNS rebinding) is same-origin with itself, not with us.
+    domain, _ = split_domain_port(host)
+    return bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS)
 
 
 class OriginMiddleware:

@@ -85,6 +85,8 @@ def parse_frame(text: str | None, bytes_data: bytes | None, max_bytes: int) -> C
         body = json.loads(text)
     except ValueError:
         raise ProtocolError(ErrorCode.BAD_FRAME, "frame is not valid JSON") from None
+    except RecursionError:  # `[[[[…` a few thousand deep
+        raise ProtocolError(ErrorCode.BAD_FRAME, "frame is nested too deeply") from None
     if not isinstance(body, dict):
         raise ProtocolError(ErrorCode.BAD_FRAME, "frame must be a JSON object")
     ref = _ref(body)

@@ -110,6 +110,8 @@ def encode_data(data: Any) -> str:
         encoded = dumps(data)
     except (TypeError, ValueError) as exc:
         raise InvalidPublish(f"data is not JSON-serializable: {exc}") from None
+    except RecursionError:
+        raise InvalidPublish("data is nested too deeply") from None
     size = len(encoded.encode())
     limit = notifier_settings.MAX_PAYLOAD_BYTES
     if size > limit:

@@ -47,15 +47,26 @@ class RequestError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+MAX_EPOCH_LENGTH = 64  # ours are 8 hex digits
+
+
 def parse_positions(raw: str | None) -> dict[str, Position]:
     """`{"news": [42, "epoch"], …}` (an SSE id) into positions; refused when malformed."""
     if not raw:
         return {}
+    refused = RequestError(400, "bad_since", "since / Last-Event-ID must be an id this endpoint sent")
     try:
         parsed = json.loads(raw)
-        return {str(ch): Position(int(pos[0]), str(pos[1])) for ch, pos in parsed.items()}
-    except (ValueError, TypeError, AttributeError, IndexError, KeyError):
-        raise RequestError(400, "bad_since", "since / Last-Event-ID must be an id this endpoint sent") from None
+        positions = {str(ch): Position(pos[0], pos[1]) for ch, pos in parsed.items()}
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError, RecursionError):
+        raise refused from None
+    for position in positions.values():
+        offset, epoch = position.offset, position.epoch
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0 or not isinstance(epoch, str):
+            raise refused
+        if len(epoch) > MAX_EPOCH_LENGTH:
+            raise refused
+    return positions
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:

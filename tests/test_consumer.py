@@ -128,13 +128,17 @@ async def test_a_flood_of_bad_frames_closes_with_4502(ws: WebsocketCommunicator)
     assert len(frames) == 21
 
 
-async def test_foreign_origin_is_closed_with_4501() -> None:
-    communicator = WebsocketCommunicator(
-        application, "/ws/", headers=[(b"origin", b"http://evil.example"), (b"host", b"notifier.example")]
-    )
-    connected, _ = await communicator.connect()
-    assert connected
-    assert await communicator.receive_output(timeout=5) == {"type": "websocket.close", "code": 4501}
+async def test_foreign_origin_is_closed_with_4501(settings: Any) -> None:
+    settings.ALLOWED_HOSTS = ["notifier.example"]
+    for origin, host in [
+        (b"http://evil.example", b"notifier.example"),
+        # Same origin, on a name that is not ours (DNS rebinding: evil.example resolved to us).
+        (b"http://evil.example:8000", b"evil.example:8000"),
+    ]:
+        communicator = WebsocketCommunicator(application, "/ws/", headers=[(b"origin", origin), (b"host", host)])
+        connected, _ = await communicator.connect()
+        assert connected
+        assert await communicator.receive_output(timeout=5) == {"type": "websocket.close", "code": 4501}
     good = WebsocketCommunicator(
         application, "/ws/", headers=[(b"origin", b"https://notifier.example"), (b"host", b"notifier.example")]
     )
@@ -142,3 +146,38 @@ async def test_foreign_origin_is_closed_with_4501() -> None:
     assert connected and json.loads(await good.receive_from(timeout=5))["type"] == "hello"
     await good.disconnect()
     await get_hub().stop()
+
+
+async def test_a_failing_frame_gets_an_internal_error_and_the_socket_stays_usable(
+    ws: WebsocketCommunicator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from realtime.consumers import NotifierConsumer
+
+    await recv(ws)  # hello
+
+    async def broken(self: NotifierConsumer, frame: Any) -> None:
+        raise KeyError("a bug")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(NotifierConsumer, "handle", broken)
+        await ws.send_to(text_data=json.dumps({"op": "ping"}))
+        assert (await recv(ws))["code"] == "internal"
+    await ws.send_to(text_data=json.dumps({"op": "subscribe", "channel": "after.bug"}))
+    assert (await recv(ws))["type"] == "subscribed"
+
+
+async def test_a_connection_that_fails_outside_a_frame_leaves_the_hub() -> None:
+    """Not a ghost: closed with 1011 and removed from the hub, its subscriptions dropped."""
+    communicator = WebsocketCommunicator(application, "/ws/")
+    assert (await communicator.connect())[0]
+    await recv(communicator)  # hello
+    await communicator.send_to(text_data=json.dumps({"op": "subscribe", "channel": "ghost.check"}))
+    assert (await recv(communicator))["type"] == "subscribed"
+    hub = get_hub()
+    assert len(hub.connections) == 1
+    await communicator.send_input({"type": "websocket.unknown_message"})  # dispatch raises
+    closed = await communicator.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": CloseCode.INTERNAL_ERROR}
+    await communicator.wait(timeout=5)
+    assert len(hub.connections) == 0 and "ghost.check" not in hub._channels
+    await hub.stop()
