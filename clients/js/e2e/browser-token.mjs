@@ -95,6 +95,9 @@ try {
   await other.fill("#text", "hello from the second user");
   await other.press("#text", "Enter");
   await page.waitForSelector("#messages li.message");
+  // With a token and no name typed, each tab's display name is its user id.
+  assert.equal(await page.inputValue("#name"), USER);
+  assert.match(await page.textContent("#messages li.message"), new RegExp(USER_B));
   const chatShot = join(dir, "chat-presence.png");
   await page.screenshot({ path: chatShot });
 
