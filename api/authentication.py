@@ -31,14 +31,11 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
     keyword = "Bearer"
 
     def authenticate(self, request: Request) -> tuple[Publisher, ApiKey] | None:
-        header = authentication.get_authorization_header(request).decode("latin-1")
-        if not header:
+        key = bearer_key(authentication.get_authorization_header(request).decode("latin-1"))
+        if key is None:
             return None
-        scheme, _, key = header.partition(" ")
-        if scheme != self.keyword or not key.strip():
-            raise InvalidApiKey("use 'Authorization: Bearer <api key>'")
         # Looked up on every request, so a revoked key stops working at once.
-        record = ApiKey.objects.active().filter(key_hash=hash_key(key.strip())).first()
+        record = ApiKey.objects.active().filter(key_hash=hash_key(key)).first()
         if record is None:
             raise InvalidApiKey("unknown or revoked API key")
         return Publisher(record), record
@@ -53,3 +50,14 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 def publisher_of(request: Request) -> str:
     user: Any = request.user
     return str(user.publisher_id)
+
+
+def bearer_key(header: str) -> str | None:
+    """The API key of an `Authorization` header; None when there is none (the one parser of it:
+    the DRF views and the event-loop publish route, api/fast.py, both use this)."""
+    if not header:
+        return None
+    scheme, _, key = header.partition(" ")
+    if scheme != "Bearer" or not key.strip():
+        raise InvalidApiKey("use 'Authorization: Bearer <api key>'")
+    return key.strip()

@@ -32,6 +32,7 @@ from realtime.conf import notifier_settings
 from realtime.events import dumps
 from realtime.publish import PublishError, PublishRequest, PublishResult, Unavailable, apublish, apublish_many
 
+from .authentication import bearer_key
 from .exceptions import InvalidApiKey, PayloadTooLarge, batch_error, exception_handler
 from .keys import KeyCache
 from .models import ApiKey, hash_key
@@ -151,14 +152,12 @@ class FastPublishApp:
 
 def _bearer_key(scope: dict[str, Any]) -> str:
     header = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
-    if not header:
+    key = bearer_key(header.decode("latin-1"))
+    if key is None:
         error = exceptions.NotAuthenticated()
         error.auth_header = "Bearer"  # type: ignore[attr-defined]
         raise error
-    scheme, _, key = header.decode("latin-1").partition(" ")
-    if scheme != "Bearer" or not key.strip():
-        raise InvalidApiKey("use 'Authorization: Bearer <api key>'")
-    return key.strip()
+    return key
 
 
 def _parse(body: bytes, too_large: bool) -> tuple[Any, exceptions.APIException | None]:
