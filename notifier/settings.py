@@ -87,6 +87,16 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 
+# Behind nginx terminating TLS (docs/deploy.md): DJANGO_HTTPS=1 marks the admin's session and
+# CSRF cookies Secure and trusts nginx's X-Forwarded-Proto (the site sets it, and HSTS). Off by
+# default, so plain-HTTP setups (make run, make run-prod, the tests) can still log in.
+if env_bool("DJANGO_HTTPS", False):
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    # nginx redirects HTTP to HTTPS and sends HSTS (deploy/nginx/notifier.conf), not Django.
+    SILENCED_SYSTEM_CHECKS = ["security.W004", "security.W008"]
+
 INSTALLED_APPS = [
     "daphne",
     "django.contrib.admin",

@@ -14,7 +14,18 @@ from pathlib import Path
 import pytest
 import websockets
 
-from .support import ROOT, VENV_BIN, Process, RedisServer, Server, free_port, post_json, service_env, wait_until
+from .support import (
+    ROOT,
+    VENV_BIN,
+    Process,
+    RedisServer,
+    Server,
+    free_port,
+    manage,
+    post_json,
+    service_env,
+    wait_until,
+)
 from .test_security import get_json
 from .wsclient import Client
 
@@ -278,3 +289,16 @@ async def test_uvicorn_refuses_huge_frames_before_buffering_them(
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
     finally:
         server.stop()
+
+
+def test_the_documented_production_settings_pass_djangos_deploy_checks(tmp_path: Path) -> None:
+    """docs/deploy.md's /etc/notifier.env (with DJANGO_HTTPS=1): `manage.py check --deploy` is clean."""
+    env = service_env(
+        "redis://127.0.0.1:1/0",  # check --deploy connects to nothing
+        tmp_path / "db.sqlite3",
+        DJANGO_SECRET_KEY="a-production-secret-key-" + uuid.uuid4().hex * 2,
+        DJANGO_ALLOWED_HOSTS="notifier.example.com",
+        DJANGO_HTTPS="1",
+    )
+    out = manage(env, "check", "--deploy", "--fail-level", "WARNING")
+    assert "no issues" in out, out
