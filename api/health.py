@@ -20,7 +20,6 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.layers import BaseChannelLayer, get_channel_layer
-from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
@@ -172,7 +171,7 @@ async def readiness(database: Check | None = None) -> tuple[int, dict[str, Any]]
 async def metrics_answer(authorization: str) -> tuple[int, bytes, str]:
     """(status, body, content type) of /metrics; the token (NOTIFIER_METRICS_TOKEN) is checked
     when it is set."""
-    token = settings.NOTIFIER_METRICS_TOKEN
+    token = notifier_settings.METRICS_TOKEN
     if token and not hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
         body = error_body("invalid_metrics_token", "Authorization: Bearer <metrics token>")
         return 401, json.dumps(body).encode(), JSON

@@ -290,9 +290,6 @@ else:
         }
     }
 
-# `/metrics` answers only `Authorization: Bearer <this>` when set.
-NOTIFIER_METRICS_TOKEN = env_str("NOTIFIER_METRICS_TOKEN", "")
-
 # The cache holds per-key publish-rate counters, so it must be shared by every process.
 _cache: dict[str, Any] = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
 if not EMBEDDED:
@@ -375,6 +372,8 @@ MAX_BATCH_EVENTS = 100
 # Our own knobs, read through realtime.conf.notifier_settings (unknown keys raise).
 NOTIFIER = {
     "REDIS_URL": REDIS_URL,
+    # `/metrics` answers only `Authorization: Bearer <this>` when set.
+    "METRICS_TOKEN": env_str("NOTIFIER_METRICS_TOKEN", ""),
     "MAX_PAYLOAD_BYTES": MAX_PAYLOAD_BYTES,
     "MAX_FRAME_BYTES": env_int("NOTIFIER_MAX_FRAME_BYTES", 64 * 1024),
     "MAX_CHANNELS_PER_PUBLISH": env_int("NOTIFIER_MAX_CHANNELS_PER_PUBLISH", 100),

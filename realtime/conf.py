@@ -13,6 +13,7 @@ from django.core.signals import setting_changed
 
 DEFAULTS: dict[str, Any] = {
     "REDIS_URL": "",
+    "METRICS_TOKEN": "",
     "MAX_PAYLOAD_BYTES": 64 * 1024,
     "MAX_FRAME_BYTES": 64 * 1024,
     "MAX_CHANNELS_PER_PUBLISH": 100,
