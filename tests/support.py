@@ -44,6 +44,20 @@ def wait_until(predicate: Any, timeout: float = START_TIMEOUT_SECS, interval: fl
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
 
 
+def wait_for_redis_process(proc: subprocess.Popen[bytes], ready: Any, what: str, log_path: Path) -> None:
+    """Until `ready()` is true; fails at once (never skips) if the process exited meanwhile."""
+
+    def up() -> bool:
+        try:
+            return bool(ready())
+        except redis.RedisError:
+            if proc.poll() is not None:
+                pytest.fail(f"{what} exited with {proc.returncode}; see {log_path}", pytrace=False)
+            return False
+
+    wait_until(up, what=what)
+
+
 class RedisServer:
     """A private redis-server on a free port; stop() and start() keep the port."""
 
@@ -97,16 +111,9 @@ class RedisServer:
                 stderr=subprocess.STDOUT,
             )
 
-        def up() -> bool:
-            try:
-                return bool(self.command("PING"))
-            except redis.RedisError:
-                assert self.proc is not None
-                if self.proc.poll() is not None:
-                    pytest.fail(f"redis-server exited with {self.proc.returncode}; see {log_path}", pytrace=False)
-                return False
-
-        wait_until(up, what=f"redis-server on port {self.port}")
+        wait_for_redis_process(
+            self.proc, lambda: bool(self.command("PING")), f"redis-server on port {self.port}", log_path
+        )
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -327,16 +334,12 @@ class SentinelServer:
                 [binary, str(config), "--sentinel"], stdout=log, stderr=subprocess.STDOUT
             )
 
-        def up() -> bool:
-            try:
-                return self.master_address() == ("127.0.0.1", master_port)
-            except redis.RedisError:
-                assert self.proc is not None
-                if self.proc.poll() is not None:
-                    pytest.fail(f"redis sentinel exited with {self.proc.returncode}; see {log_path}", pytrace=False)
-                return False
-
-        wait_until(up, what=f"redis sentinel on port {self.port}")
+        wait_for_redis_process(
+            self.proc,
+            lambda: self.master_address() == ("127.0.0.1", master_port),
+            f"redis sentinel on port {self.port}",
+            log_path,
+        )
 
     def client(self) -> redis.Redis:
         """A client of the Sentinel itself; use it as a context manager so its socket is closed."""

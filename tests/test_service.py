@@ -19,8 +19,7 @@ def channel_name() -> str:
     return f"test.{uuid.uuid4().hex[:12]}"
 
 
-async def test_post_reaches_every_subscriber_and_no_one_else(servers: tuple[Server, Server], api_key: str) -> None:
-    server = servers[0]
+async def check_post_reaches_every_subscriber_and_no_one_else(server: Server, api_key: str) -> None:
     news, other = channel_name(), channel_name()
     subscribers = [await Client.connect(server.ws) for _ in range(3)]
     outsider = await Client.connect(server.ws)
@@ -36,34 +35,23 @@ async def test_post_reaches_every_subscriber_and_no_one_else(servers: tuple[Serv
         assert event["channel"] == news and event["offset"] == 1
         assert event["id"] == answer["id"] and event["event"] == "order.shipped" and event["data"] == {"order": 7}
     # The outsider's first event is its own channel's: it never saw the other one.
-    notify(server, api_key, {"channel": other, "event": "x"})
+    batch = post_json(f"{server.http}/api/notify/batch", {"events": [{"channel": other, "event": "x"}]}, api_key)
+    assert batch[0] == 202
     (event,) = await outsider.events(1)
     assert event["channel"] == other
     for client in [*subscribers, outsider]:
         await client.close()
 
 
+async def test_post_reaches_every_subscriber_and_no_one_else(servers: tuple[Server, Server], api_key: str) -> None:
+    await check_post_reaches_every_subscriber_and_no_one_else(servers[0], api_key)
+
+
 async def test_the_readme_flow_on_the_embedded_server(service_db: Path, workdir: Path, api_key: str) -> None:
     """`make run`'s server (no REDIS_URL): POST over HTTP reaches the socket through the in-process layer."""
     server = Server(service_env(None, service_db), workdir)
     try:
-        news, other = channel_name(), channel_name()
-        subscribers = [await Client.connect(server.ws) for _ in range(2)]
-        outsider = await Client.connect(server.ws)
-        for client in subscribers:
-            await client.subscribe(news)
-        await outsider.subscribe(other)
-        answer = notify(server, api_key, {"channel": news, "event": "hello", "data": {"n": 1}})
-        assert answer["channels"][news]["offset"] == 1
-        for client in subscribers:
-            (event,) = await client.events(1)
-            assert (event["id"], event["offset"], event["data"]) == (answer["id"], 1, {"n": 1})
-        batch = post_json(f"{server.http}/api/notify/batch", {"events": [{"channel": other, "event": "x"}]}, api_key)
-        assert batch[0] == 202
-        (event,) = await outsider.events(1)  # its first event is its own channel's
-        assert event["channel"] == other
-        for client in [*subscribers, outsider]:
-            await client.close()
+        await check_post_reaches_every_subscriber_and_no_one_else(server, api_key)
     finally:
         server.stop()
 
