@@ -91,6 +91,16 @@ def batch_error(exc: Exception) -> dict[str, Any]:
     return {"error": {"code": error["code"], "message": error["message"], "details": error["details"]}}
 
 
+def nothing_published(results: list[dict[str, Any]]) -> bool:
+    """Whether every event of a batch failed for want of Redis, none of them stored: the batch
+    then answers 503 as a whole. An event stored but not sent (`details.stored`) will be
+    delivered, so its slot, with its position, must reach the client."""
+    return all(
+        r.get("error", {}).get("code") == "unavailable" and not r["error"].get("details", {}).get("stored")
+        for r in results
+    )
+
+
 def _body_of(exc: exceptions.APIException) -> dict[str, Any]:
     if isinstance(exc, exceptions.ValidationError):
         details = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}

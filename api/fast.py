@@ -31,9 +31,10 @@ from rest_framework import exceptions
 from realtime.conf import notifier_settings
 from realtime.events import dumps
 from realtime.publish import PublishError, PublishRequest, PublishResult, Unavailable, apublish, apublish_many
+from realtime.scope import header
 
 from .authentication import bearer_key
-from .exceptions import InvalidApiKey, PayloadTooLarge, batch_error, exception_handler
+from .exceptions import InvalidApiKey, PayloadTooLarge, batch_error, exception_handler, nothing_published
 from .keys import KeyCache
 from .models import ApiKey, hash_key
 from .permissions import check_key_channels
@@ -82,15 +83,15 @@ class FastPublishApp:
         self, batch: bool, scope: dict[str, Any], body: bytes, too_large: bool
     ) -> tuple[int, dict[str, Any]]:
         """The view's checks in DRF's order: authentication, scope, body, rate, then each event."""
-        raw_key = _bearer_key(scope)
-        if too_large or len(body) > CHECK_KEY_BEFORE_PARSING_BYTES:
+        key_hash = hash_key(_bearer_key(scope))
+        if not too_large and len(body) > CHECK_KEY_BEFORE_PARSING_BYTES:
             # Parsing megabytes holds the event loop: never do it for an unknown key.
-            if (await self.keys.check(hash_key(raw_key), 0)).key is None:
+            if (await self.keys.check(key_hash, 0)).key is None:
                 raise InvalidApiKey("unknown or revoked API key")
         parsed, parse_error = _parse(body, too_large)
         events = parsed.get("events") if batch and isinstance(parsed, dict) else None
         cost = len(events) if isinstance(events, list) else 1
-        checked = await self.keys.check(hash_key(raw_key), cost)
+        checked = await self.keys.check(key_hash, cost)
         if checked.key is None:
             raise InvalidApiKey("unknown or revoked API key")
         key = checked.key
@@ -145,14 +146,13 @@ class FastPublishApp:
         answers = await apublish_many([request for _, request in requests])
         for (index, _), answer in zip(requests, answers, strict=True):
             results[index] = answer.as_dict() if isinstance(answer, PublishResult) else batch_error(answer)
-        if all(r.get("error", {}).get("code") == "unavailable" for r in results):
+        if nothing_published(results):
             raise Unavailable("Redis is unavailable; no event was published")
         return {"results": results}
 
 
 def _bearer_key(scope: dict[str, Any]) -> str:
-    header = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
-    key = bearer_key(header.decode("latin-1"))
+    key = bearer_key(header(scope, b"authorization") or "")
     if key is None:
         error = exceptions.NotAuthenticated()
         error.auth_header = "Bearer"  # type: ignore[attr-defined]

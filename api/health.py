@@ -29,6 +29,7 @@ from realtime import metrics, shutdown
 from realtime.bridge import run_sync
 from realtime.conf import notifier_settings
 from realtime.redis import get_redis
+from realtime.scope import header
 
 from .exceptions import error_body
 
@@ -210,7 +211,7 @@ class OperationsApp:
             status, answer = await readiness()
             body, content_type = _json(answer), JSON
         else:
-            authorization = next((v for k, v in scope["headers"] if k == b"authorization"), b"").decode("latin-1")
+            authorization = header(scope, b"authorization") or ""
             status, body, content_type = await metrics_answer(authorization)
         headers += [
             (b"content-type", content_type.encode()),

@@ -21,7 +21,7 @@ from realtime.publish import PublishError, PublishResult, Unavailable, publish
 from realtime.tokens import mint_connection_token, mint_subscription_token
 
 from .authentication import Publisher, publisher_of
-from .exceptions import batch_error
+from .exceptions import batch_error, nothing_published
 from .permissions import HasScope, check_key_channels, check_key_grants
 from .serializers import (
     BatchRequestSerializer,
@@ -86,12 +86,8 @@ class NotifyBatchView(KeyScopedView):
     def post(self, request: Request) -> Response:
         batch = BatchRequestSerializer(data=request.data)
         batch.is_valid(raise_exception=True)
-        results: list[dict[str, Any]] = []
-        unavailable = 0
-        for body in batch.validated_data["events"]:
-            results.append(self.publish_one(request, body))
-            unavailable += results[-1].get("error", {}).get("code") == "unavailable"
-        if unavailable == len(results):
+        results = [self.publish_one(request, body) for body in batch.validated_data["events"]]
+        if nothing_published(results):
             raise Unavailable("Redis is unavailable; no event was published")
         return Response({"results": results}, status=status.HTTP_202_ACCEPTED)
 

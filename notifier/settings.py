@@ -243,10 +243,9 @@ def _celery_sentinel_url(sentinel: dict[str, Any]) -> str:
     auth = ""
     if "username" in kwargs or "password" in kwargs:
         auth = f"{quote(kwargs.get('username', ''), safe='')}:{quote(kwargs.get('password', ''), safe='')}@"
-    hosts = [f"[{host}]" if ":" in host else host for host, _ in sentinel["sentinels"]]
     return ";".join(
-        f"sentinel://{auth}{host}:{port}/{kwargs['db']}"
-        for host, (_, port) in zip(hosts, sentinel["sentinels"], strict=True)
+        f"sentinel://{auth}{f'[{host}]' if ':' in host else host}:{port}/{kwargs['db']}"
+        for host, port in sentinel["sentinels"]
     )
 
 

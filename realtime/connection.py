@@ -160,6 +160,11 @@ class Connection:
         self._flusher = _flusher() if self._proto is not None else None
         self._dirty = False
 
+    @property
+    def log_context(self) -> dict[str, str | None]:
+        """Fields for structured logs: which connection, which user (never its token)."""
+        return {"connection": self.id, "user": self.user}
+
     def touch(self) -> None:
         """Record that the client sent something (any frame proves it is alive)."""
         self.last_seen = self.clock()
@@ -189,8 +194,8 @@ class Connection:
             or self._outbox_bytes - self._replay_bytes > OUTBOX_MAX_BYTES
         ):
             if self._proto is not None and self._writer is None and self._proto.writable.is_set():
-                # Not a slow client, a burst larger than the outbox within one turn (a replay of
-                # history): hand it to the transport now. A client that does not read makes the
+                # Not a slow client, a burst of live frames larger than the outbox within one
+                # turn (a big batch): hand it to the transport now. A client that does not read makes the
                 # transport push back, and then the outbox fills up again and overflows.
                 self._write_now()
                 return

@@ -156,8 +156,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
 
     @property
     def log_context(self) -> dict[str, str | None]:
-        """Fields for structured logs: which connection, which user (never its token)."""
-        return {"connection": self.conn.id, "user": getattr(self.conn, "user", None)}
+        return self.conn.log_context
 
     def _set_identity(self, identity: Identity) -> None:
         self.identity = identity

@@ -16,13 +16,7 @@ from django.http.request import split_domain_port, validate_host
 
 from .codes import CloseCode
 from .conf import notifier_settings
-
-
-def _header(scope: dict[str, Any], name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key.lower() == name:
-            return bytes(value).decode("latin-1")
-    return None
+from .scope import header
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
@@ -46,8 +40,8 @@ class OriginMiddleware:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         if scope["type"] == "websocket":
-            origin = _header(scope, b"origin")
-            host = _header(scope, b"host")
+            origin = header(scope, b"origin")
+            host = header(scope, b"host")
             if not origin_allowed(origin, host, list(notifier_settings.ALLOWED_ORIGINS)):
                 # Accept, then close with the terminal 4501: a refused handshake (HTTP 403) looks
                 # like a network failure (1006) to a browser, which would reconnect forever.

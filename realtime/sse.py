@@ -31,6 +31,7 @@ from .events import dumps
 from .history import Position
 from .hub import PING_FRAME, Subscription, get_hub
 from .presence import get_presence
+from .scope import header
 from .tokens import InvalidToken, TokenExpired, decode_connection_token, decode_subscription_token
 
 logger = logging.getLogger(__name__)
@@ -67,13 +68,6 @@ def parse_positions(raw: str | None) -> dict[str, Position]:
         if len(epoch) > MAX_EPOCH_LENGTH:
             raise refused
     return positions
-
-
-def _header(scope: dict[str, Any], name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key.lower() == name:
-            return bytes(value).decode("latin-1")
-    return None
 
 
 class EventStream:
@@ -184,13 +178,13 @@ class ServerSentEventsApp:
             refusal = await authorizer.can_subscribe(identity, channel, sub_tokens.get(channel))
             if refusal is not None:
                 raise RequestError(REFUSAL_STATUS.get(refusal.code, 403), str(refusal.code), refusal.message)
-        since = _header(scope, b"last-event-id") or query.get("since", [None])[0]
+        since = header(scope, b"last-event-id") or query.get("since", [None])[0]
         return channels, identity, parse_positions(since)
 
     @staticmethod
     def _identity(scope: dict[str, Any], query: dict[str, list[str]], conn: Connection) -> Identity:
         token = query.get("token", [None])[0]
-        authorization = _header(scope, b"authorization") or ""
+        authorization = header(scope, b"authorization") or ""
         if token is None and authorization.startswith("Bearer "):
             token = authorization.removeprefix("Bearer ").strip()
         if token is not None:
@@ -199,7 +193,7 @@ class ServerSentEventsApp:
             except TokenExpired:
                 raise RequestError(401, ErrorCode.TOKEN_EXPIRED, "token expired") from None
             except InvalidToken as exc:
-                logger.info("token refused: %s", exc, extra=_log_context(conn))
+                logger.info("token refused: %s", exc, extra=conn.log_context)
                 raise RequestError(401, ErrorCode.INVALID_TOKEN, str(exc)) from None
             return Identity(claims.user, claims)
         user = scope.get("user")
@@ -222,7 +216,7 @@ class ServerSentEventsApp:
             await asyncio.wait([disconnected, closed], return_when=asyncio.FIRST_COMPLETED)
             closed.cancel()
         except (RedisError, OSError) as exc:
-            logger.warning("sse stream failed, Redis unavailable: %s", exc, extra=_log_context(conn))
+            logger.warning("sse stream failed, Redis unavailable: %s", exc, extra=conn.log_context)
             conn.close(CloseCode.TRY_AGAIN_LATER)
             await asyncio.wait([disconnected], timeout=1)
         finally:
@@ -261,7 +255,7 @@ async def _register(conn: Connection) -> None:
     try:
         registered = await get_presence().register_connection(conn.user, conn.id, limit)
     except (RedisError, OSError) as exc:
-        logger.warning("sse stream refused, Redis unavailable: %s", exc, extra=_log_context(conn))
+        logger.warning("sse stream refused, Redis unavailable: %s", exc, extra=conn.log_context)
         raise RequestError(503, ErrorCode.UNAVAILABLE, "the service is temporarily unavailable; retry") from None
     if not registered:
         raise RequestError(429, ErrorCode.TOO_MANY_CONNECTIONS, f"at most {limit} connections per user")
@@ -273,13 +267,8 @@ async def _unregister(conn: Connection) -> None:
     try:
         await get_presence().unregister_connection(conn.user, conn.id)
     except (RedisError, OSError) as exc:  # the entry expires on its own
-        logger.warning("presence cleanup failed: %s", exc, extra=_log_context(conn))
+        logger.warning("presence cleanup failed: %s", exc, extra=conn.log_context)
         metrics.inc("notifier_redis_errors", operation="presence")
-
-
-def _log_context(conn: Connection) -> dict[str, str | None]:
-    """Fields for structured logs, as /ws/ logs them: which connection, which user."""
-    return {"connection": conn.id, "user": conn.user}
 
 
 def _announcer(conn: Connection, channel: str) -> Any:

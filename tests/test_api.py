@@ -184,3 +184,33 @@ def test_quick_validation_takes_ordinary_bodies() -> None:
         {"channels": ["a", "b"], "user": 42, "users": ["7", "8"], "event": "x", "idempotency_key": "k-1"},
     ]:
         assert quick_notify_attrs(body) is not None, body
+
+
+def test_a_batch_stored_but_not_sent_answers_each_events_position(
+    client: APIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not "no event was published": each was stored and will be delivered, so the client gets
+    every slot with its position (and must not publish them again)."""
+    from api import views
+    from realtime.history import Position
+    from realtime.publish import PublishResult, StoredNotSent, Unavailable
+
+    def stored_not_sent(attrs: Any, publisher: str) -> PublishResult:
+        raise StoredNotSent(PublishResult(f"id-{attrs['event']}", {"a": Position(1, "e1")}))
+
+    monkeypatch.setattr(views, "publish_validated", stored_not_sent)
+    events = [{"channel": "a", "event": "one"}, {"channel": "a", "event": "two"}]
+    response = client.post("/api/notify/batch", {"events": events}, format="json")
+    assert response.status_code == 202, response.json()
+    errors = [r["error"] for r in response.json()["results"]]
+    assert [(e["code"], e["details"]["stored"], e["details"]["id"]) for e in errors] == [
+        ("unavailable", True, "id-one"),
+        ("unavailable", True, "id-two"),
+    ]
+
+    def unavailable(attrs: Any, publisher: str) -> PublishResult:
+        raise Unavailable("down")
+
+    monkeypatch.setattr(views, "publish_validated", unavailable)
+    response = client.post("/api/notify/batch", {"events": events}, format="json")
+    assert (response.status_code, response.json()["code"]) == (503, "unavailable")

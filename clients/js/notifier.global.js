@@ -827,12 +827,12 @@ class NotifierClient {
       // History restarted: offsets count from 1 again. Today's server says so first with a
       // `subscribed` frame (recovered: false), which set the epoch; an older one did not, so the
       // page is told here, the same way, unless there was no history before (no epoch).
-      const known = entry.epoch;
-      entry.epoch = frame.epoch;
-      entry.offset = typeof frame.offset === "number" ? Math.max(0, frame.offset - 1) : 0;
-      if (known) {
-        this._savePosition(entry);
-        this._emit("subscribed", { channel: entry.channel, recovered: false, offset: entry.offset, epoch: frame.epoch });
+      const offset = typeof frame.offset === "number" ? Math.max(0, frame.offset - 1) : 0;
+      if (entry.epoch) {
+        this._onSubscribed({ type: "subscribed", channel: entry.channel, offset, epoch: frame.epoch, recovered: false });
+      } else {
+        entry.epoch = frame.epoch;
+        entry.offset = offset;
       }
     }
     if (typeof frame.offset === "number") {
