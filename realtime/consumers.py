@@ -220,11 +220,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
             return self.refuse(ErrorCode.UNAVAILABLE, "the service is temporarily unavailable; retry", frame.ref)
         anonymous_presence = list(self.conn.presence_channels)
         for channel in anonymous_presence:  # leave as anonymous...
-            try:
-                await self._leave_presence(channel)
-            except (RedisError, OSError) as exc:  # the entry expires on its own
-                logger.warning("presence leave failed: %s", exc, extra=self.log_context)
-                metrics.inc("notifier_redis_errors", operation="presence")
+            await self._leave_presence_or_log(channel)
         self._set_identity(identity)
         self.conn.deliver(protocol.reply("authenticated", frame.ref, user=identity.user))
         for channel in anonymous_presence:  # ...and come back as the user
@@ -269,11 +265,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
                     channel=channel,
                 )
             )
-            try:
-                await self._leave_presence(channel)
-            except (RedisError, OSError) as exc:
-                logger.warning("presence leave failed: %s", exc, extra=self.log_context)
-                metrics.inc("notifier_redis_errors", operation="presence")
+            await self._leave_presence_or_log(channel)
 
     async def subscribe(self, frame: protocol.Subscribe) -> None:
         if frame.channel in self.conn.subscriptions:
@@ -315,11 +307,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
         await self.hub.unsubscribe(frame.channel, self.conn)
         self._token_grants.discard(frame.channel)
         self.conn.deliver(protocol.reply("unsubscribed", frame.ref, channel=frame.channel))
-        try:
-            await self._leave_presence(frame.channel)
-        except (RedisError, OSError) as exc:
-            logger.warning("presence leave failed: %s", exc, extra=self.log_context)
-            metrics.inc("notifier_redis_errors", operation="presence")
+        await self._leave_presence_or_log(frame.channel)
 
     async def publish(self, frame: protocol.Publish) -> None:
         refusal = await get_authorizer().can_publish(self.identity, frame.channel)
@@ -349,6 +337,14 @@ class NotifierConsumer(AsyncWebsocketConsumer):
         first = await get_presence().join(channel, user, self.conn.id)
         if first and user and policy.presence_events:
             await send_presence_frame(channel, protocol.reply("join", channel=channel, user=user))
+
+    async def _leave_presence_or_log(self, channel: str) -> None:
+        """Leave, or log and count the Redis error: the entry then expires on its own."""
+        try:
+            await self._leave_presence(channel)
+        except (RedisError, OSError) as exc:
+            logger.warning("presence leave failed: %s", exc, extra=self.log_context)
+            metrics.inc("notifier_redis_errors", operation="presence")
 
     async def _leave_presence(self, channel: str) -> None:
         if channel not in self.conn.presence_channels:
