@@ -44,6 +44,18 @@ def wait_until(predicate: Any, timeout: float = START_TIMEOUT_SECS, interval: fl
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
 
 
+def redis_server_binary() -> str:
+    """The redis-server binary (also the Sentinel's); fails, never skips, when it is missing."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail(
+            "redis-server is not installed. Install it (Debian: `apt-get install redis-server`) "
+            "or run `bash .ci/run`, which installs what a fresh machine lacks.",
+            pytrace=False,
+        )
+    return binary
+
+
 def wait_for_redis_process(proc: subprocess.Popen[bytes], ready: Any, what: str, log_path: Path) -> None:
     """Until `ready()` is true; fails at once (never skips) if the process exited meanwhile."""
 
@@ -62,13 +74,7 @@ class RedisServer:
     """A private redis-server on a free port; stop() and start() keep the port."""
 
     def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail(
-                "redis-server is not installed. Install it (Debian: `apt-get install redis-server`) "
-                "or run `bash .ci/run`, which installs what a fresh machine lacks.",
-                pytrace=False,
-            )
+        binary = redis_server_binary()
         self.binary = binary
         self.port = free_port()
         self.workdir = workdir
@@ -304,13 +310,7 @@ class SentinelServer:
         master_password: str = "",
         password: str = "",
     ) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail(
-                "redis-server is not installed. Install it (Debian: `apt-get install redis-server`) "
-                "or run `bash .ci/run`, which installs what a fresh machine lacks.",
-                pytrace=False,
-            )
+        binary = redis_server_binary()
         self.port = free_port()
         self.master_name = master_name
         self.password = password
