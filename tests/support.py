@@ -85,6 +85,11 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def dump_path(self) -> Path:
+        """Its RDB file (written only by SAVE: automatic snapshots are off), loaded at start."""
+        return self.workdir / f"redis-{self.port}.rdb"
+
     def client(self) -> redis.Redis:
         """A client for the test itself; use it as a context manager so its socket is closed."""
         return redis.Redis(port=self.port, socket_timeout=5)
@@ -112,6 +117,8 @@ class RedisServer:
                     "noeviction",
                     "--dir",
                     str(self.workdir),
+                    "--dbfilename",
+                    self.dump_path.name,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -309,6 +316,7 @@ class SentinelServer:
         down_after_ms: int = 1000,
         master_password: str = "",
         password: str = "",
+        quorum: int = 1,
     ) -> None:
         binary = redis_server_binary()
         self.port = free_port()
@@ -320,7 +328,7 @@ class SentinelServer:
             f"port {self.port}\n"
             "bind 127.0.0.1\n"
             f"dir {workdir}\n"
-            f"sentinel monitor {master_name} 127.0.0.1 {master_port} 1\n"
+            f"sentinel monitor {master_name} 127.0.0.1 {master_port} {quorum}\n"
             f"sentinel down-after-milliseconds {master_name} {down_after_ms}\n"
             f"sentinel failover-timeout {master_name} 10000\n"
             f"sentinel parallel-syncs {master_name} 1\n"
@@ -356,6 +364,11 @@ class SentinelServer:
         with self.client() as client:
             replicas = client.sentinel_slaves(self.master_name)
         return [int(r["port"]) for r in replicas if not r["is_sdown"] and not r["is_odown"]]
+
+    def peer_count(self) -> int:
+        """The other Sentinels watching the same master that this one has found."""
+        with self.client() as client:
+            return len(client.execute_command("SENTINEL", "SENTINELS", self.master_name))
 
     def stop(self) -> None:
         if self.proc is not None:
