@@ -52,9 +52,10 @@ def from_publish_error(exc: PublishError) -> exceptions.APIException:
     cls: type[exceptions.APIException] = {
         "payload_too_large": PayloadTooLarge,
         "unavailable": ServiceUnavailable,
+        "not_replicated": ServiceUnavailable,
     }.get(exc.code, exceptions.ValidationError)
     error = (
-        cls(exc.message)
+        cls(exc.message, code=exc.code)
         if cls is not exceptions.ValidationError
         else exceptions.ValidationError({"non_field_errors": [exc.message]})
     )

@@ -400,9 +400,14 @@ NOTIFIER = {
     "REDIS_MAX_CONNECTIONS": env_int("NOTIFIER_REDIS_MAX_CONNECTIONS", 50),
     "REDIS_CONNECT_TIMEOUT_SECS": REDIS_CONNECT_TIMEOUT_SECS,
     "REDIS_SOCKET_TIMEOUT_SECS": REDIS_SOCKET_TIMEOUT_SECS,
+    "REPLICA_ACKS": env_int("NOTIFIER_REPLICA_ACKS", 0),
+    "REPLICA_ACK_TIMEOUT_MS": env_int("NOTIFIER_REPLICA_ACK_TIMEOUT_MS", 500),
     # JSON: {"namespace": {"public": bool, "client_publish": bool, "presence": bool, ...}}
     "NAMESPACES": _namespaces(),
 }
+
+if env_int("NOTIFIER_REPLICA_ACKS", 0) < 0 or env_int("NOTIFIER_REPLICA_ACK_TIMEOUT_MS", 500) < 1:  # 0 ms: forever
+    raise ImproperlyConfigured("NOTIFIER_REPLICA_ACKS must be >= 0 and NOTIFIER_REPLICA_ACK_TIMEOUT_MS >= 1")
 
 # A full batch (MAX_BATCH_EVENTS events at MAX_PAYLOAD_BYTES each, plus their envelopes) fits;
 # anything larger is refused with 413 before it is parsed.

@@ -43,6 +43,11 @@ DEFAULTS: dict[str, Any] = {
     "REDIS_MAX_CONNECTIONS": 50,
     "REDIS_CONNECT_TIMEOUT_SECS": 2,
     "REDIS_SOCKET_TIMEOUT_SECS": 5,
+    # Acknowledge a publish only once this many Redis replicas have it (WAIT); 0: once the
+    # master has it. A publish whose replicas do not answer within the timeout gets 503
+    # not_replicated (stored on the master, delivered, but not acknowledged).
+    "REPLICA_ACKS": 0,
+    "REPLICA_ACK_TIMEOUT_MS": 500,
     # Namespace (the part of a channel name before ":") -> policy overrides; see
     # realtime.channels.NamespacePolicy. "" is the namespace of names without ":".
     "NAMESPACES": {},

@@ -1,10 +1,24 @@
 """Per-channel history: offsets, epochs and the stored event frames.
 
 Each channel has an offset that counts up from 1 and an epoch that changes whenever its history
-is lost (expired, flushed), so a client holding an old position learns it cannot be recovered.
-`append` stores frames and assigns their offsets atomically (one Lua script call per channel,
-all channels of a publish or batch in one round trip), so publishers on many processes never produce
-duplicate or reordered offsets.
+is lost (expired, flushed) or may have gone backwards, so a client holding an old position
+learns it cannot be recovered. `append` stores frames and assigns their offsets atomically (one
+Lua script call per channel, all channels of a publish or batch in one round trip), so publishers
+on many processes never produce duplicate or reordered offsets.
+
+History goes backwards when Redis loses writes it had acknowledged: a replica promoted by
+Sentinel (replication is asynchronous), a restart from an older RDB or AOF. The promoted or
+restored data still says "epoch E, offset 152" after offsets up to 199 were handed out, so
+carrying on from 152 would give 153-199 to other events. Each channel's meta therefore records
+the `master_replid` of the Redis that last wrote it, and every script compares it with the
+replid of the Redis running it (INFO, about 2 us inside the script). A promoted replica and a
+restarted master always have a new replid, so history written before a failover or restart is
+never continued: the channel moves to a new epoch (subscribers and resuming clients are told
+`recovered: false`). This is sure (it needs no client to have seen the lost offsets) and cheap
+(no extra round trip). It also moves channels after a restart that lost nothing: there is no
+cheap way to know that nothing was lost, and a needless `recovered: false` costs a refetch,
+where a wrong `recovered: true` costs events. The hubs add a second check for what they have
+seen themselves: a channel behind the offset they delivered, in the same epoch (`check`).
 """
 
 from __future__ import annotations
@@ -18,9 +32,10 @@ from typing import Protocol
 
 from django.core.exceptions import ImproperlyConfigured
 
+from . import rewinds
 from .conf import notifier_settings
 from .events import FrameTemplate
-from .redis import LuaScript, get_redis
+from .redis import LuaScript, Replicas, get_redis
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,17 @@ class History(Protocol):
 
     async def positions(self, channels: Sequence[str]) -> list[Position]: ...
 
+    async def check(self, delivered: Sequence[tuple[str, Position]]) -> list[Position]: ...
+
+
+class NotReplicated(Exception):
+    """The frames are stored on the master, but fewer replicas than required acknowledged them
+    within the timeout (NOTIFIER_REPLICA_ACKS): a failover now could lose them."""
+
+    def __init__(self, stored: list[Stored], acked: int, required: int) -> None:
+        super().__init__(f"{acked} of {required} replicas acknowledged the write in time")
+        self.stored, self.acked, self.required = stored, acked, required
+
 
 MAX_OFFSET = 2**53 - 1  # no channel gets near it; clients' `since` may be anything
 
@@ -91,15 +117,29 @@ def _complete(after: int, latest: int, frames: list[tuple[int, str]]) -> bool:
     return bool(frames) and frames[0][0] == after + 1
 
 
+# The replid of the Redis running the script: a promoted replica and a restarted master get a new one.
+_THIS_MASTER = "local master = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')\n"
+
 # One call appends a channel's frames of one publish (or batch): they get consecutive offsets.
-# KEYS: the meta hash, the log stream. ARGV: a new epoch (used if history is gone), max length,
-# TTL, the frame head (the same for every event of a channel), then one frame tail per event.
-_APPEND = LuaScript("""
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
+# KEYS: the meta hash, the log stream. ARGV: a new epoch (used if history is gone or was written
+# under another master), max length, TTL, the frame head (the same for every event of a
+# channel), then one frame tail per event. Returns {first offset, epoch, 1 if it moved the epoch
+# because another master wrote the history, the current master}. Meta written before masters
+# were recorded adopts the current one.
+_APPEND = LuaScript(
+    _THIS_MASTER
+    + """
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'master')
+local epoch, moved = meta[1], 0
+if epoch and meta[2] and meta[2] ~= master then
+  epoch, moved = false, 1
+end
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0, 'master', master)
+elseif not meta[2] then
+  redis.call('HSET', KEYS[1], 'master', master)
 end
 local count = #ARGV - 4
 local first = redis.call('HINCRBY', KEYS[1], 'offset', count) - count + 1
@@ -111,8 +151,35 @@ end
 redis.call('XTRIM', KEYS[2], 'MAXLEN', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-return {first, epoch}
-""")
+return {first, epoch, moved, master}
+"""
+)
+
+# Moves a channel to a new epoch if its history went backwards: written under another master,
+# or behind what a hub delivered in the same epoch. KEYS: meta, log. ARGV: a new epoch, the
+# delivered epoch and offset. Returns {offset, epoch, 0 | 1 (moved under another master) |
+# 2 (moved: behind), the current master}; {0, "", 0, master} when the channel has no history.
+_CHECK = LuaScript(
+    _THIS_MASTER
+    + """
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'master')
+if not meta[1] then
+  return {0, '', 0, master}
+end
+local moved = 0
+if meta[3] and meta[3] ~= master then
+  moved = 1
+elseif meta[1] == ARGV[2] and tonumber(meta[2]) < tonumber(ARGV[3]) then
+  moved = 2
+end
+if moved == 0 then
+  return {tonumber(meta[2]), meta[1], 0, master}
+end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'offset', 0, 'master', master)
+return {0, ARGV[1], moved, master}
+"""
+)
 
 
 class RedisHistory:
@@ -126,7 +193,9 @@ class RedisHistory:
         return f"{base}:meta", f"{base}:log"
 
     async def append(self, items: Sequence[Append]) -> list[Stored]:
-        """One script call per channel, all in one round trip; a channel's items keep their order."""
+        """One script call per channel, all in one round trip; a channel's items keep their order.
+        With NOTIFIER_REPLICA_ACKS, WAIT follows in the same round trip; NotReplicated (holding
+        what was stored) when too few replicas acknowledged in time."""
         by_channel: dict[str, list[int]] = {}
         for index, item in enumerate(items):
             by_channel.setdefault(item.channel, []).append(index)
@@ -135,12 +204,18 @@ class RedisHistory:
             first = items[indexes[0]]
             tails = [items[i].template.tail for i in indexes]
             calls.append((self._keys(channel), [new_epoch(), first.size, first.ttl_secs, first.template.head, *tails]))
-        results = await _APPEND.run_many(calls)
+        replicas = Replicas.required()
+        results, acked = await _APPEND.run_many_replicated(calls, replicas)
         stored: list[Stored | None] = [None] * len(items)
-        for indexes, (first_offset, epoch) in zip(by_channel.values(), results, strict=True):
+        moved = sum(int(result[2]) for result in results)
+        if moved:
+            rewinds.noticed(_text(results[0][3]), moved, rewinds.MASTER_CHANGED)
+        for indexes, (first_offset, epoch, *_) in zip(by_channel.values(), results, strict=True):
             epoch = _text(epoch)
             for offset, index in enumerate(indexes, start=int(first_offset)):
                 stored[index] = Stored(Position(offset, epoch), items[index].template.render(offset, epoch))
+        if acked < replicas.count:
+            raise NotReplicated(stored, acked, replicas.count)  # type: ignore[arg-type]  # every index was filled
         return stored  # type: ignore[return-value]  # every index was filled
 
     async def read(self, channel: str, after: int, limit: int) -> Slice:
@@ -164,6 +239,36 @@ class RedisHistory:
                 pipe.hmget(self._keys(channel)[0], "epoch", "offset")
             rows = await pipe.execute()
         return [Position(int(offset), _text(epoch)) if epoch else Position(0, "") for epoch, offset in rows]
+
+    async def check(self, delivered: Sequence[tuple[str, Position]]) -> list[Position]:
+        """The latest position of each channel, after moving to a new epoch those whose history
+        went backwards: written under another Redis master (a failover or restore since), or
+        behind the position this process delivered, in its epoch. One round trip, and one more
+        only for the channels that need moving."""
+        async with get_redis().pipeline(transaction=False) as pipe:
+            pipe.info("replication")
+            for channel, _ in delivered:
+                pipe.hmget(self._keys(channel)[0], "epoch", "offset", "master")
+            info, *rows = await pipe.execute()
+        master = str(info.get("master_replid", ""))
+        positions, suspect = [], []
+        for index, ((_, position), (epoch, offset, written_by)) in enumerate(zip(delivered, rows, strict=True)):
+            latest = Position(int(offset), _text(epoch)) if epoch else Position(0, "")
+            positions.append(latest)
+            foreign = written_by is not None and _text(written_by) != master
+            if epoch and (foreign or (latest.epoch == position.epoch and latest.offset < position.offset)):
+                suspect.append(index)
+        if suspect:
+            calls = [
+                (self._keys(delivered[i][0]), [new_epoch(), delivered[i][1].epoch, delivered[i][1].offset])
+                for i in suspect
+            ]
+            for index, (offset, epoch, moved, current) in zip(suspect, await _CHECK.run_many(calls), strict=True):
+                positions[index] = Position(int(offset), _text(epoch))
+                if int(moved):
+                    reason = rewinds.MASTER_CHANGED if int(moved) == 1 else rewinds.HISTORY_BEHIND
+                    rewinds.noticed(_text(current), 1, reason)
+        return positions
 
 
 def _text(value: bytes | str) -> str:
@@ -220,6 +325,10 @@ class MemoryHistory:
     async def positions(self, channels: Sequence[str]) -> list[Position]:
         logs = [self._live_log(channel) for channel in channels]
         return [Position(log.offset, log.epoch) if log else Position(0, "") for log in logs]
+
+    async def check(self, delivered: Sequence[tuple[str, Position]]) -> list[Position]:
+        """Process memory never goes backwards: the latest positions."""
+        return await self.positions([channel for channel, _ in delivered])
 
 
 _memory_history = MemoryHistory()

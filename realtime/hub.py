@@ -185,7 +185,8 @@ class Hub:
         await self._align(channel, state, read.position)
         latest = read.position
         if (
-            (since.offset > 0 and since.epoch != latest.epoch)
+            (latest.epoch and latest.epoch != state.epoch)  # history went backwards: moved to a new epoch
+            or (since.offset > 0 and since.epoch != latest.epoch)
             or not read.complete
             or since.offset > latest.offset  # ahead of history (lost writes): nothing to go on from
         ):
@@ -211,10 +212,15 @@ class Hub:
 
     async def _align(self, channel: str, state: _Channel, position: Position) -> None:
         """Adopt history's position when the hub has none yet. When history restarted under a
-        new epoch, the subscribers are told and get the new epoch's events."""
+        new epoch, the subscribers are told and get the new epoch's events. History behind what
+        this hub delivered, in the same epoch, went backwards (Redis lost acknowledged writes):
+        it is moved to a new epoch first (see realtime.history), never continued."""
         if state.last is None:
             state.last, state.epoch = position.offset, position.epoch
-        elif state.epoch != position.epoch and position.epoch:  # "": no history now; the next publish starts one
+            return
+        if position.epoch == state.epoch and position.offset < state.last:
+            (position,) = await self.history.check([(channel, _position(state))])
+        if state.epoch != position.epoch and position.epoch:  # "": no history now; the next publish starts one
             self._restart(channel, state, position.epoch)
             if state.subscribers:
                 await self._catch_up(channel, state)
@@ -407,6 +413,9 @@ class Hub:
             return
         if read.position.epoch != state.epoch:
             return  # history restarted: the next live event (or position check) realigns
+        if read.position.offset < state.last:  # history went backwards
+            await self._align(channel, state, read.position)
+            return
         frames = [(offset, frame) for offset, frame in read.frames if upto is None or offset <= upto]
         start = frames[0][0] if frames else (upto or read.position.offset) + 1
         if start > state.last + 1:
@@ -463,15 +472,17 @@ class Hub:
         """Deliver events whose live message was lost and that no later event revealed.
 
         One round trip reads every joined channel's latest position; only channels that are
-        behind (or whose history restarted under a new epoch) read history.
+        behind (or whose history restarted under a new epoch) read history. History that went
+        backwards (written under another Redis master, or behind what was delivered here) is
+        moved to a new epoch first, and the subscribers are told.
         """
-        channels = [channel for channel, state in self._channels.items() if state.last is not None]
-        if not channels:
+        delivered = [(channel, _position(state)) for channel, state in self._channels.items() if state.last is not None]
+        if not delivered:
             return
-        positions = await self.history.positions(channels)
-        for channel, position in zip(channels, positions, strict=True):
+        positions = await self.history.check(delivered)
+        for (channel, _), position in zip(delivered, positions, strict=True):
             state = self._channels.get(channel)
-            if state is None or state.last is None or position.offset == 0:
+            if state is None or state.last is None or not position.epoch or position.epoch in state.retired:
                 continue
             if position.epoch == state.epoch and position.offset <= state.last:
                 continue

@@ -37,6 +37,10 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "notifier_duplicates_dropped": ("Live events dropped because they were already delivered.", ()),
     "notifier_position_fills": ("Lost events found by the periodic position check.", ()),
     "notifier_resyncs": ("Gaps history no longer covered; subscribers were told to refetch.", ()),
+    "notifier_epoch_changes": (
+        "Channels moved to a new epoch because their history went backwards (a Redis failover or restore).",
+        ("reason",),
+    ),
     "notifier_slow_consumer_disconnects": ("Sockets closed with 4002 because they stopped reading.", ()),
     "notifier_redis_errors": ("Redis operations that failed.", ("operation",)),
 }

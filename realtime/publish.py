@@ -19,12 +19,13 @@ from channels_redis.pubsub import RedisPubSubChannelLayer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from . import idempotency, metrics
+from . import history, idempotency, metrics
 from .bridge import run_sync
 from .channels import InvalidChannel, group_of, policy_of, validate_channel
 from .conf import notifier_settings
 from .events import FrameTemplate, dumps, event_template, new_event_id, now
 from .history import Append, Position, Stored, get_history, history_limits
+from .redis import Replicas, replicated_now
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,25 @@ class StoredNotSent(Unavailable):
             "the event was stored but the channel layer is unavailable; it is delivered when the "
             "layer is back. A retry with the same idempotency key publishes no second copy",
             {"stored": True, **result.as_dict()},
+        )
+        self.result = result
+
+
+class NotReplicated(StoredNotSent):
+    """Stored on the Redis master and sent, but fewer replicas than NOTIFIER_REPLICA_ACKS
+    acknowledged it in time: not acknowledged (503), since a failover now could lose it. A retry
+    with the same idempotency key publishes no second copy: it answers 202 once the replicas
+    have caught up (see `apublish`), this again until then."""
+
+    code = "not_replicated"
+
+    def __init__(self, result: PublishResult) -> None:
+        PublishError.__init__(
+            self,
+            "the event was stored on the Redis master and delivered, but not acknowledged by enough "
+            "replicas in time (NOTIFIER_REPLICA_ACKS), so a failover could still lose it. A retry with "
+            "the same idempotency key publishes no second copy",
+            {"stored": True, "replicated": False, **result.as_dict()},
         )
         self.result = result
 
@@ -153,13 +173,13 @@ async def apublish(
     except (RedisError, OSError) as exc:
         raise Unavailable("Redis is unavailable; the event was not published") from exc
     if claimed.answer is not None:
-        return PublishResult.from_dict(claimed.answer)
+        return await _answer_again(store, key, claimed.answer)
     stored: list[PublishResult] = []
     try:
         (result,) = await _store_and_send([(event_id, items)], stored)
-    except BaseException:
+    except BaseException as exc:
         if stored:  # in history, so delivered: a retry must get this answer, not publish again
-            await _record(store, key, stored[0])
+            await _record(store, key, stored[0], replicated=not isinstance(exc, NotReplicated))
         else:  # nothing stored: a retry goes through
             with contextlib.suppress(RedisError, OSError):
                 await store.release(key)
@@ -169,9 +189,28 @@ async def apublish(
     return result
 
 
-async def _record(store: idempotency.IdempotencyStore, key: str, result: PublishResult) -> None:
+async def _answer_again(store: idempotency.IdempotencyStore, key: str, answer: dict[str, Any]) -> PublishResult:
+    """The first publish's answer for a retry. One that was stored but not replicated in time
+    is acknowledged only once the replicas have every write made so far (so also it)."""
+    result = PublishResult.from_dict(answer)
+    if answer.get("replicated", True):
+        return result
     try:
-        await store.complete(key, dumps(result.as_dict()), notifier_settings.IDEMPOTENCY_WINDOW_SECS)
+        caught_up = await replicated_now(Replicas.required())
+    except (RedisError, OSError) as exc:
+        raise Unavailable("Redis is unavailable; the event's replication could not be checked") from exc
+    if not caught_up:
+        raise NotReplicated(result)
+    await _record(store, key, result)
+    return result
+
+
+async def _record(
+    store: idempotency.IdempotencyStore, key: str, result: PublishResult, replicated: bool = True
+) -> None:
+    answer = result.as_dict() if replicated else {**result.as_dict(), "replicated": False}
+    try:
+        await store.complete(key, dumps(answer), notifier_settings.IDEMPOTENCY_WINDOW_SECS)
     except (RedisError, OSError) as exc:  # the claim lapses after CLAIM_TTL_SECS; a retry then may publish again
         logger.warning("could not record idempotency key: %s", exc)
 
@@ -229,8 +268,9 @@ async def apublish_many(requests: Sequence[PublishRequest]) -> list[PublishResul
         try:
             results = await _store_and_send([(event_id, items) for _, event_id, items, _ in run], stored)
         except Unavailable as exc:
+            kind = NotReplicated if isinstance(exc, NotReplicated) else StoredNotSent
             for n, (index, *_) in enumerate(run):
-                answers[index] = StoredNotSent(stored[n]) if stored else exc
+                answers[index] = kind(stored[n]) if stored else exc
         else:
             for (index, _, _, started), result in zip(run, results, strict=True):
                 answers[index] = result
@@ -274,8 +314,13 @@ async def _store_and_send(
     send then failed (StoredNotSent, or cancelled) knows they will be delivered all the same.
     """
     items = [item for _, appends in events for item in appends]
+    replicated = True
     try:
         stored = await get_history().append(items)
+    except history.NotReplicated as exc:  # stored on the master: sent, but not acknowledged
+        logger.warning("publish not replicated in time: %s", exc)
+        metrics.inc("notifier_redis_errors", operation="replica_ack")
+        stored, replicated = exc.stored, False
     except (RedisError, OSError) as exc:
         logger.warning("publish failed: %s: %s", type(exc).__name__, exc)
         metrics.inc("notifier_redis_errors", operation="publish")
@@ -295,6 +340,8 @@ async def _store_and_send(
         if len(results) == 1:
             raise StoredNotSent(results[0]) from exc
         raise Unavailable("the events were stored but the channel layer is unavailable") from exc
+    if not replicated:
+        raise NotReplicated(results[0])
     return results
 
 

@@ -15,6 +15,7 @@ import hashlib
 import os
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis.sentinel
@@ -100,20 +101,65 @@ class LuaScript:
 
     async def run_many(self, calls: Sequence[Call]) -> list[Any]:
         """Every call in one pipelined round trip (two after a NOSCRIPT); results in call order."""
+        results, _ = await self.run_many_replicated(calls, Replicas(0, 0))
+        return results
+
+    async def run_many_replicated(self, calls: Sequence[Call], replicas: Replicas) -> tuple[list[Any], int]:
+        """`run_many`, then (when `replicas.count` > 0) WAIT in the same pipeline, so on the same
+        connection: the results, and how many replicas acknowledged the writes (the fewest of
+        the two pipelines after a NOSCRIPT)."""
         redis = get_redis()
-        results = await self._pipelined(redis, calls)
+        results, acked = await self._pipelined(redis, calls, replicas)
         missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
         if missing:
             await redis.script_load(self.source)
-            for i, result in zip(missing, await self._pipelined(redis, [calls[i] for i in missing]), strict=True):
+            retried, acked_again = await self._pipelined(redis, [calls[i] for i in missing], replicas)
+            acked = min(acked, acked_again)
+            for i, result in zip(missing, retried, strict=True):
                 results[i] = result
         for result in results:
             if isinstance(result, Exception):
                 raise result
-        return results
+        return results, acked
 
-    async def _pipelined(self, redis: aioredis.Redis, calls: Sequence[Call]) -> list[Any]:
+    async def _pipelined(
+        self, redis: aioredis.Redis, calls: Sequence[Call], replicas: Replicas
+    ) -> tuple[list[Any], int]:
         async with redis.pipeline(transaction=False) as pipe:
             for keys, args in calls:
                 pipe.evalsha(self.sha, len(keys), *keys, *args)
-            return list(await pipe.execute(raise_on_error=False))
+            if replicas.count:
+                pipe.execute_command("WAIT", replicas.count, replicas.timeout_ms)
+            results = list(await pipe.execute(raise_on_error=False))
+        if not replicas.count:
+            return results, 0
+        acked = results.pop()
+        if isinstance(acked, Exception):
+            raise acked
+        return results, int(acked)
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """How many replicas must acknowledge a write (WAIT), and for how long to wait for them."""
+
+    count: int
+    timeout_ms: int
+
+    @classmethod
+    def required(cls) -> Replicas:
+        return cls(notifier_settings.REPLICA_ACKS, notifier_settings.REPLICA_ACK_TIMEOUT_MS)
+
+
+async def replicated_now(replicas: Replicas) -> bool:
+    """Whether `replicas.count` replicas have every write made so far on the current master.
+
+    Replication is one ordered stream, so a replica that acknowledges a write made now also has
+    every earlier one: a probe write, then WAIT on the same connection. Used when a publish
+    that was stored but not replicated in time is retried with its idempotency key.
+    """
+    async with get_redis().pipeline(transaction=False) as pipe:
+        pipe.set(f"{notifier_settings.REDIS_PREFIX}:replication-probe", "1", ex=60)
+        pipe.execute_command("WAIT", replicas.count, replicas.timeout_ms)
+        _, acked = await pipe.execute()
+    return int(acked) >= replicas.count

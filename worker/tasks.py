@@ -9,7 +9,7 @@ from celery import Task, shared_task
 from rest_framework.exceptions import ValidationError
 
 from api.serializers import validated_notify
-from realtime.publish import PublishError, StoredNotSent, Unavailable, publish
+from realtime.publish import NotReplicated, PublishError, StoredNotSent, Unavailable, publish
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,13 @@ def notify(self: Task, **body: Any) -> dict[str, Any]:
             idempotency_key=attrs.get("idempotency_key"),
             publisher=CELERY_PUBLISHER,  # all tasks count as one publisher (DESIGN §4)
         ).as_dict()
+    except NotReplicated as exc:
+        # Stored and delivered; too few replicas acknowledged it in time. With its idempotency
+        # key a retry publishes nothing twice and succeeds once the replicas caught up.
+        if attrs.get("idempotency_key") is not None:
+            raise
+        logger.warning("notify: stored and delivered, not acknowledged by replicas in time: %s", exc.result.id)
+        return exc.result.as_dict()
     except StoredNotSent as exc:
         # In history already, so the hubs deliver it (gap fill, position check). A retry
         # without an idempotency key would publish a second copy: end the task here.
