@@ -76,7 +76,28 @@ async def _check_redis() -> dict[str, Check]:
         return checks
     checks["redis_policy"] = await _check_policy(redis)
     checks["channel_layer"] = await _check_layer()
+    if notifier_settings.REPLICA_ACKS:
+        checks["replicas"] = await _check_replicas(redis, notifier_settings.REPLICA_ACKS)
     return checks
+
+
+async def _check_replicas(redis: Any, required: int) -> Check:
+    """With NOTIFIER_REPLICA_ACKS, how many replicas the master has online. Too few is reported
+    but does not fail readiness: every process would leave the load balancer while subscribers
+    still get every event; only the publishes' acknowledgement (503 not_replicated) waits."""
+    try:
+        info = await asyncio.wait_for(redis.info("replication"), CHECK_TIMEOUT_SECS)
+    except Exception as exc:  # noqa: BLE001 - INFO refused (ACL): the publishes' WAIT still tells
+        return {"ok": True, "replicas": "unknown", "required": required, "message": f"{type(exc).__name__}: {exc}"}
+    online = sum(
+        1
+        for name, value in info.items()
+        if name.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
+    )
+    check: Check = {"ok": True, "replicas": online, "required": required}
+    if online < required:
+        check["message"] = f"{online} of {required} replicas online: publishes answer 503 not_replicated"
+    return check
 
 
 async def _check_policy(redis: Any) -> Check:

@@ -148,11 +148,11 @@ class Bench:
         return self._api
 
     @contextmanager
-    def servers(self, kind: str, count: int = 1) -> Iterator[list[Server]]:
+    def servers(self, kind: str, count: int = 1, **extra_env: str) -> Iterator[list[Server]]:
         started: list[Server] = []
         try:
             for _ in range(count):
-                started.append(Server(kind, self.env, self.workdir))
+                started.append(Server(kind, {**self.env, **extra_env}, self.workdir))
             yield started
         finally:
             for server in started:
@@ -452,53 +452,93 @@ class Bench:
                 data=result,
             )
         )
+        acks = {"NOTIFIER_REPLICA_ACKS": "1"}
         runs = [
-            ("POST /api/notify, 16 in flight", {"concurrency": 16}, "notify"),
-            ("POST /api/notify/batch (100 events), 4 in flight", {"concurrency": 4, "batch": 100}, "batch"),
+            ("POST /api/notify, 16 in flight", {"concurrency": 16}, "notify", {}),
+            ("POST /api/notify/batch (100 events), 4 in flight", {"concurrency": 4, "batch": 100}, "batch", {}),
+            (
+                "POST /api/notify, NOTIFIER_REPLICA_ACKS=1 (a local replica), 16 in flight",
+                {"concurrency": 16},
+                "acks",
+                acks,
+            ),
+            (
+                "POST /api/notify/batch (100 events), NOTIFIER_REPLICA_ACKS=1, 4 in flight",
+                {"concurrency": 4, "batch": 100},
+                "acks-batch",
+                acks,
+            ),
         ]
-        for label, extra, which in runs:
-            with self.servers("uvicorn") as (server,):
-                channel = self.channel("publish")
-                path = "/api/notify/batch" if which == "batch" else "/api/notify"
-                result = self.loadgen(
-                    {
-                        "mode": "http",
-                        "url": f"{server.http}{path}",
-                        "key": self.key,
-                        "kind": "notify",
-                        "channel": channel,
-                        "seconds": secs,
-                        "subscribers": 2,
-                        "ws": [server.ws],
-                        **extra,
-                    }
+        plain: dict[str, float] = {}
+        replica: Redis | None = None
+        try:
+            for label, extra, which, env in runs:
+                if env and replica is None:
+                    replica = Redis(self.workdir, replica_of=self.redis.port)
+                with self.servers("uvicorn", 1, **env) as (server,):
+                    channel = self.channel("publish")
+                    path = "/api/notify/batch" if which.endswith("batch") else "/api/notify"
+                    result = self.loadgen(
+                        {
+                            "mode": "http",
+                            "url": f"{server.http}{path}",
+                            "key": self.key,
+                            "kind": "notify",
+                            "channel": channel,
+                            "seconds": secs,
+                            "subscribers": 2,
+                            "ws": [server.ws],
+                            **extra,
+                        }
+                    )
+                lost, dup = self.losses(result)
+                dup += int(result.get("unacknowledged_received", 0))
+                lost += int(result.get("errors", 0))
+                if which.startswith("acks"):  # the option's cost: no target, a ratio to the same run without it
+                    batch = which == "acks-batch"
+                    value = result["events_per_sec"] if batch else result["requests_per_sec"]
+                    base = plain["batch" if batch else "notify"]
+                    self.add(
+                        Row(
+                            "publish",
+                            f"notifier {label}",
+                            fmt(value, "events/s" if batch else "req/s"),
+                            f"{value / base:.2f}x without acks; p99 {result['latency']['p99_ms']} ms",
+                            lost,
+                            dup,
+                            data=result,
+                        )
+                    )
+                    continue
+                plain[which] = result["events_per_sec"] if which == "batch" else result["requests_per_sec"]
+                if which == "notify":
+                    value, target = result["requests_per_sec"], TARGETS["notify_rps"]
+                    text = fmt(value, "req/s")
+                    compare = (
+                        f"{value / raw_rps:.2f}x raw; p99 {result['latency']['p99_ms']} ms; target >= {target:,.0f}"
+                    )
+                else:
+                    value, target = result["events_per_sec"], TARGETS["batch_eps"]
+                    text = fmt(value, "events/s")
+                    compare = (
+                        f"{result['requests_per_sec']:,.0f} req/s; p99 {result['latency']['p99_ms']} ms; "
+                        f"target >= {target:,.0f}"
+                    )
+                self.add(
+                    Row(
+                        "publish",
+                        f"notifier {label}",
+                        text,
+                        compare,
+                        lost,
+                        dup,
+                        target_met=value >= target and lost == 0 and dup == 0,
+                        data=result,
+                    )
                 )
-            lost, dup = self.losses(result)
-            dup += int(result.get("unacknowledged_received", 0))
-            lost += int(result.get("errors", 0))
-            if which == "notify":
-                value, target = result["requests_per_sec"], TARGETS["notify_rps"]
-                text = fmt(value, "req/s")
-                compare = f"{value / raw_rps:.2f}x raw; p99 {result['latency']['p99_ms']} ms; target >= {target:,.0f}"
-            else:
-                value, target = result["events_per_sec"], TARGETS["batch_eps"]
-                text = fmt(value, "events/s")
-                compare = (
-                    f"{result['requests_per_sec']:,.0f} req/s; p99 {result['latency']['p99_ms']} ms; "
-                    f"target >= {target:,.0f}"
-                )
-            self.add(
-                Row(
-                    "publish",
-                    f"notifier {label}",
-                    text,
-                    compare,
-                    lost,
-                    dup,
-                    target_met=value >= target and lost == 0 and dup == 0,
-                    data=result,
-                )
-            )
+        finally:
+            if replica is not None:
+                replica.stop()
 
     def celery(self) -> None:
         """Tasks queued first, then one worker (default concurrency) publishes them; once with

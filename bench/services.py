@@ -118,15 +118,27 @@ def _descendants(pid: int) -> list[int]:
 
 
 class Redis(Process):
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, replica_of: int | None = None) -> None:
+        """A redis-server on a free port; with `replica_of`, a replica of the one on that port,
+        returned once its link is up."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise BenchError("redis-server is not installed (Debian: apt-get install redis-server)")
         self.port = free_port()
         argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         argv += ["--maxmemory-policy", "noeviction", "--dir", str(workdir), "--maxclients", "10000"]
-        super().__init__("redis", argv, dict(os.environ), workdir / "redis.log")
+        if replica_of is not None:
+            argv += ["--replicaof", "127.0.0.1", str(replica_of), "--dbfilename", f"replica-{self.port}.rdb"]
+        name = "redis" if replica_of is None else f"redis-replica-{self.port}"
+        super().__init__(name, argv, dict(os.environ), workdir / f"{name}.log")
         wait_until(self._up, "redis-server")
+        if replica_of is not None:
+            wait_until(lambda: b"master_link_status:up" in self._command(b"INFO replication"), "the replica's link")
+
+    def _command(self, command: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+            sock.sendall(command + b"\r\n")
+            return sock.recv(65536)
 
     @property
     def url(self) -> str:

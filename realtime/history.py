@@ -117,8 +117,12 @@ def _complete(after: int, latest: int, frames: list[tuple[int, str]]) -> bool:
     return bool(frames) and frames[0][0] == after + 1
 
 
-# The replid of the Redis running the script: a promoted replica and a restarted master get a new one.
-_THIS_MASTER = "local master = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')\n"
+# The replid of the Redis running the script: a promoted replica and a restarted master get a new
+# one. "" where INFO is refused (an ACL without it): only the hubs' behind-check applies then.
+_THIS_MASTER = """
+local info = redis.pcall('INFO', 'replication')
+local master = type(info) == 'string' and string.match(info, 'master_replid:(%x+)') or ''
+"""
 
 # One call appends a channel's frames of one publish (or batch): they get consecutive offsets.
 # KEYS: the meta hash, the log stream. ARGV: a new epoch (used if history is gone or was written

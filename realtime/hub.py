@@ -21,6 +21,7 @@ from typing import Any
 from channels.layers import BaseChannelLayer, get_channel_layer
 
 from . import metrics
+from .broker import RESYNC
 from .channels import group_of
 from .codes import CloseCode
 from .conf import notifier_settings
@@ -104,6 +105,7 @@ class Hub:
         self._layer_channel: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._started = asyncio.Lock()
+        self._position_task: asyncio.Task[None] | None = None
         self.draining = False  # SIGTERM received: new connections are turned away with 4000
 
     # -- connections -------------------------------------------------------------------------
@@ -312,6 +314,21 @@ class Hub:
                 await self.on_event(message)
             elif kind == "hub.presence":
                 self.on_presence(message)
+            elif kind == RESYNC:
+                self._check_positions_soon()
+
+    def _check_positions_soon(self) -> None:
+        """The channel layer was away (a Redis failover): what was published meanwhile reached no
+        hub live, so check every channel's position now rather than at the next round."""
+        if self._position_task is None or self._position_task.done():
+            self._position_task = asyncio.get_running_loop().create_task(self._check_positions_logged())
+
+    async def _check_positions_logged(self) -> None:
+        try:
+            await self.check_positions()
+        except Exception as exc:  # noqa: BLE001 - Redis away again: the position loop tries later
+            logger.warning("position check failed: %s", exc)
+            metrics.inc("notifier_redis_errors", operation="position_check")
 
     async def on_event(self, message: dict[str, Any]) -> None:
         """Deliver a channel's frames (consecutive offsets from `offset`) in order: frames past
@@ -460,13 +477,7 @@ class Hub:
     async def _position_loop(self) -> None:
         while True:
             await asyncio.sleep(POSITION_CHECK_SECS)
-            try:
-                await self.check_positions()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Redis down: try again next round
-                logger.warning("position check failed: %s", exc)
-                metrics.inc("notifier_redis_errors", operation="position_check")
+            await self._check_positions_logged()
 
     async def check_positions(self) -> None:
         """Deliver events whose live message was lost and that no later event revealed.
@@ -532,6 +543,8 @@ class Hub:
 
     async def stop(self) -> None:
         timers = [state.gap_timer for state in self._channels.values() if state.gap_timer is not None]
+        if self._position_task is not None:
+            timers.append(self._position_task)
         for task in [*self._tasks, *timers]:
             task.cancel()
         await asyncio.gather(*self._tasks, *timers, return_exceptions=True)

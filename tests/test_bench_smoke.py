@@ -22,7 +22,7 @@ EXPECTED = {
     "scaling": ["notifier, 1 process", "notifier, 2 processes"],
     "latency": ["raw ASGI", "notifier (uvicorn)"],
     "memory": ["raw ASGI", "notifier (uvicorn)"],
-    "publish": ["raw ASGI POST", "POST /api/notify,", "POST /api/notify/batch"],
+    "publish": ["raw ASGI POST", "POST /api/notify,", "POST /api/notify/batch", "NOTIFIER_REPLICA_ACKS=1"],
     "celery": ["queued tasks", "ack_emulation off"],
     "recovery": ["sockets resubscribe"],
     "servers": ["production", "permessage-deflate", "daphne"],

@@ -13,7 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from realtime.conf import notifier_settings
 from realtime.events import event_template
-from realtime.history import Append, History, MemoryHistory, RedisHistory, get_history
+from realtime.history import Append, History, MemoryHistory, Position, RedisHistory, get_history
 from realtime.publish import apublish
 
 from .support import RedisServer
@@ -191,3 +191,66 @@ def test_a_history_policy_that_cannot_work_stops_the_process(settings: Any, poli
     settings.NOTIFIER = {**settings.NOTIFIER, "NAMESPACES": {"bad": policy}}
     with pytest.raises(ImproperlyConfigured, match="'bad:': history"):
         policies()
+
+
+# -- history that went backwards (issue 11): another master wrote it, or a hub is ahead of it ----
+
+
+@pytest.fixture
+def redis_history(redis_settings: RedisServer) -> RedisHistory:
+    return RedisHistory(f"test{uuid.uuid4().hex[:6]}")
+
+
+def written_by(server: RedisServer, history: RedisHistory, channel: str, master: str | None) -> None:
+    """Make the channel's meta look written by `master` (None: by a release that recorded none)."""
+    meta = f"{history._prefix}:h:{channel}:meta"
+    with server.client() as client:
+        if master is None:
+            client.hdel(meta, "master")
+        else:
+            client.hset(meta, "master", master)
+
+
+async def test_history_written_under_another_master_is_not_continued(
+    redis_history: RedisHistory, redis_server: RedisServer
+) -> None:
+    (first,) = await redis_history.append([item("f", 1)])
+    await redis_history.append([item("f", 2)])
+    written_by(redis_server, redis_history, "f", "0" * 40)  # as a promoted replica's copy would say
+    (after,) = await redis_history.append([item("f", 3)])
+    assert after.position.offset == 1 and after.position.epoch != first.position.epoch
+    page = await redis_history.read("f", after=0, limit=10)
+    assert [offset for offset, _ in page.frames] == [1]  # the old epoch's entries are gone with it
+    (again,) = await redis_history.append([item("f", 4)])
+    assert again.position == Position(2, after.position.epoch)  # now recorded: carries on
+
+
+async def test_meta_of_an_earlier_release_adopts_the_current_master(
+    redis_history: RedisHistory, redis_server: RedisServer
+) -> None:
+    (first,) = await redis_history.append([item("g", 1)])
+    written_by(redis_server, redis_history, "g", None)
+    (second,) = await redis_history.append([item("g", 2)])
+    assert (second.position.offset, second.position.epoch) == (2, first.position.epoch)
+
+
+async def test_check_moves_only_history_that_went_backwards(
+    redis_history: RedisHistory, redis_server: RedisServer
+) -> None:
+    for n in range(3):
+        await redis_history.append([item(ch, n) for ch in ("same", "behind", "foreign")])
+    same, behind, foreign = await redis_history.positions(["same", "behind", "foreign"])
+    written_by(redis_server, redis_history, "foreign", "f" * 40)
+    delivered = [
+        ("same", same),
+        ("behind", Position(5, behind.epoch)),  # a hub delivered 5: history says 3
+        ("foreign", foreign),
+        ("nothing", Position(0, "")),
+    ]
+    now = await redis_history.check(delivered)
+    assert now[0] == same
+    assert now[1].offset == 0 and now[1].epoch not in ("", behind.epoch)
+    assert now[2].offset == 0 and now[2].epoch not in ("", foreign.epoch)
+    assert now[3] == Position(0, "")
+    assert await redis_history.check(delivered[2:3]) == [now[2]]  # moved once, not at every check
+    assert await redis_history.positions(["behind", "foreign"]) == now[1:3]

@@ -25,7 +25,7 @@ def mode(request: pytest.FixtureRequest, settings: Any) -> Iterator[str]:
         server: RedisServer = request.getfixturevalue("redis_server")
         settings.NOTIFIER = {**settings.NOTIFIER, "REDIS_URL": server.url, "REDIS_PREFIX": uuid.uuid4().hex[:8]}
         settings.CHANNEL_LAYERS = {
-            "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [server.url]}}
+            "default": {"BACKEND": "realtime.broker.PubSubLayer", "CONFIG": {"hosts": [server.url]}}
         }
         channel_layers.backends.clear()
     yield request.param
