@@ -25,7 +25,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from realtime import metrics, shutdown
+from realtime import metrics, process
 from realtime.bridge import run_sync
 from realtime.conf import notifier_settings
 from realtime.redis import get_redis
@@ -176,7 +176,7 @@ async def _round_trip(probe: _Probe) -> Check:
 async def readiness(database: Check | None = None) -> tuple[int, dict[str, Any]]:
     """(status, body) of /readyz: 200 when the database, Redis and the channel layer work and
     Redis will not evict our data; 503 naming what fails, or `draining` after SIGTERM."""
-    if shutdown.is_draining():
+    if process.is_draining():
         checks: dict[str, Check] = {
             "draining": {"ok": False, "message": "SIGTERM received: closing connections, then exiting"}
         }
@@ -207,7 +207,7 @@ async def metrics_answer(authorization: str) -> tuple[int, bytes, str]:
 class OperationsApp:
     """ASGI: GET (or HEAD) /healthz, /readyz and /metrics here; everything else to `app`.
 
-    The first HTTP request also chains the SIGTERM drain handler (realtime/shutdown.py), so a
+    The first HTTP request also chains the SIGTERM drain handler (realtime/process.py), so a
     process that has not had a WebSocket yet drains (and answers `draining`) too."""
 
     def __init__(self, app: Any) -> None:
@@ -217,7 +217,7 @@ class OperationsApp:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and not self._drain_handler:
             self._drain_handler = True
-            _install_drain_handler()
+            process.install_drain_handler()
         path = scope.get("path") if scope["type"] == "http" else None
         if path not in PATHS:
             await self.app(scope, receive, send)
@@ -245,15 +245,6 @@ class OperationsApp:
 
 def _json(value: Any) -> bytes:
     return json.dumps(value).encode()
-
-
-def _install_drain_handler() -> None:
-    from realtime.hub import get_hub
-
-    try:
-        shutdown.install_drain_handler(get_hub())
-    except RuntimeError:  # no channel layer configured: nothing to drain
-        pass
 
 
 @require_GET

@@ -20,6 +20,8 @@ from urllib.parse import quote, unquote, urlsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from realtime.conf import DEFAULTS, check_values, environment_overrides, parse_env
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -28,32 +30,18 @@ def env_str(key: str, default: str) -> str:
 
 
 def env_bool(key: str, default: bool) -> bool:
-    raw = os.environ.get(key)
-    if raw is None or raw == "":
-        return default
-    value = raw.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    raise ImproperlyConfigured(f"{key}={raw!r} is not a boolean (use 1/0, true/false, yes/no, on/off)")
+    raw = os.environ.get(key, "")
+    return default if raw == "" else bool(parse_env(key, raw, default))
 
 
 def env_int(key: str, default: int) -> int:
-    raw = os.environ.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ImproperlyConfigured(f"{key}={raw!r} is not an integer") from None
+    raw = os.environ.get(key, "")
+    return default if raw == "" else int(parse_env(key, raw, default))
 
 
 def env_list(key: str, default: list[str]) -> list[str]:
-    raw = os.environ.get(key)
-    if raw is None or raw.strip() == "":
-        return default
-    return [item.strip() for item in raw.split(",") if item.strip()]
+    raw = os.environ.get(key, "")
+    return default if raw.strip() == "" else list(parse_env(key, raw, default))
 
 
 def _dev_secret_key(path: Path) -> str:
@@ -170,8 +158,8 @@ STATICFILES_FINDERS = [
 
 # Redis: one pool configuration for the channel layer, history and Celery. The timeouts make a
 # dead Redis fail a publish quickly (503) instead of hanging the request.
-REDIS_CONNECT_TIMEOUT_SECS = 2
-REDIS_SOCKET_TIMEOUT_SECS = 5
+REDIS_CONNECT_TIMEOUT_SECS = env_int("NOTIFIER_REDIS_CONNECT_TIMEOUT_SECS", DEFAULTS["REDIS_CONNECT_TIMEOUT_SECS"])
+REDIS_SOCKET_TIMEOUT_SECS = env_int("NOTIFIER_REDIS_SOCKET_TIMEOUT_SECS", DEFAULTS["REDIS_SOCKET_TIMEOUT_SECS"])
 
 
 def _sentinel_address(item: str) -> tuple[str, int]:
@@ -354,61 +342,24 @@ def _derived_secret(purpose: str, key: str) -> str:
 def _namespaces() -> dict[str, dict[str, object]]:
     raw = os.environ.get("NOTIFIER_NAMESPACES", "")
     if raw:
-        try:
-            parsed = json.loads(raw)
-        except ValueError:
-            raise ImproperlyConfigured(f"NOTIFIER_NAMESPACES={raw!r} is not JSON") from None
-        if not isinstance(parsed, dict):
-            raise ImproperlyConfigured("NOTIFIER_NAMESPACES must be a JSON object")
+        parsed: dict[str, dict[str, object]] = parse_env("NOTIFIER_NAMESPACES", raw, {})
         return parsed
     # The trial mode lets chat rooms publish from the browser (the /demo/chat/ page);
     # production turns client publishing on only where NOTIFIER_NAMESPACES says so.
     return {"chat": {"client_publish": True}} if EMBEDDED else {}
 
 
-MAX_PAYLOAD_BYTES = env_int("NOTIFIER_MAX_PAYLOAD_BYTES", 64 * 1024)
-MAX_BATCH_EVENTS = 100
-
-# Our own knobs, read through realtime.conf.notifier_settings (unknown keys raise).
-NOTIFIER = {
+# Our own knobs, read through realtime.conf.notifier_settings (unknown keys raise). Their
+# defaults are in realtime/conf.py; here only what the environment sets (NOTIFIER_<NAME>).
+NOTIFIER: dict[str, Any] = {
+    **environment_overrides(os.environ),
     "REDIS_URL": REDIS_URL,
-    # `/metrics` answers only `Authorization: Bearer <this>` when set.
-    "METRICS_TOKEN": env_str("NOTIFIER_METRICS_TOKEN", ""),
-    "MAX_PAYLOAD_BYTES": MAX_PAYLOAD_BYTES,
-    "MAX_FRAME_BYTES": env_int("NOTIFIER_MAX_FRAME_BYTES", 64 * 1024),
-    "MAX_CHANNELS_PER_PUBLISH": env_int("NOTIFIER_MAX_CHANNELS_PER_PUBLISH", 100),
-    "MAX_BATCH_EVENTS": MAX_BATCH_EVENTS,
-    "HEARTBEAT_SECS": env_int("NOTIFIER_HEARTBEAT_SECS", 25),
-    "ALLOWED_ORIGINS": env_list("NOTIFIER_ALLOWED_ORIGINS", []),
-    "HISTORY_SIZE": env_int("NOTIFIER_HISTORY_SIZE", 1000),
-    "HISTORY_TTL_SECS": env_int("NOTIFIER_HISTORY_TTL_SECS", 24 * 3600),
-    "IDEMPOTENCY_WINDOW_SECS": env_int("NOTIFIER_IDEMPOTENCY_WINDOW_SECS", 300),
-    # Connection tokens are signed with this; non-Python backends need it to mint tokens.
-    # Unset, it defaults to a key derived from DJANGO_SECRET_KEY (fine for Python-only setups).
     "JWT_SECRET": env_str("NOTIFIER_JWT_SECRET", "") or _derived_secret("notifier-jwt", SECRET_KEY),
-    "ALLOW_ANONYMOUS": env_bool("NOTIFIER_ALLOW_ANONYMOUS", True),
-    "TOKEN_GRACE_SECS": env_int("NOTIFIER_TOKEN_GRACE_SECS", 30),
-    "AUTH_TIMEOUT_SECS": env_int("NOTIFIER_AUTH_TIMEOUT_SECS", 10),
-    "AUTHORIZER": env_str("NOTIFIER_AUTHORIZER", "realtime.authorization.ChannelAuthorizer"),
-    "MAX_SUBSCRIPTIONS_PER_CONNECTION": env_int("NOTIFIER_MAX_SUBSCRIPTIONS_PER_CONNECTION", 128),
-    "MAX_CONNECTIONS_PER_USER": env_int("NOTIFIER_MAX_CONNECTIONS_PER_USER", 64),
-    "CLIENT_FRAMES_PER_SEC": env_int("NOTIFIER_CLIENT_FRAMES_PER_SEC", 50),
-    "CLIENT_PUBLISH_PER_SEC": env_int("NOTIFIER_CLIENT_PUBLISH_PER_SEC", 5),
-    "PUBLISH_RATE_PER_KEY": env_str("NOTIFIER_PUBLISH_RATE_PER_KEY", "1000/s"),
-    "PRESENCE_TTL_SECS": env_int("NOTIFIER_PRESENCE_TTL_SECS", 30),
-    "PRESENCE_LEAVE_DELAY_SECS": env_int("NOTIFIER_PRESENCE_LEAVE_DELAY_SECS", 3),
-    "REDIS_PREFIX": env_str("NOTIFIER_REDIS_PREFIX", "notifier"),
-    "REDIS_MAX_CONNECTIONS": env_int("NOTIFIER_REDIS_MAX_CONNECTIONS", 50),
-    "REDIS_CONNECT_TIMEOUT_SECS": REDIS_CONNECT_TIMEOUT_SECS,
-    "REDIS_SOCKET_TIMEOUT_SECS": REDIS_SOCKET_TIMEOUT_SECS,
-    "REPLICA_ACKS": env_int("NOTIFIER_REPLICA_ACKS", 0),
-    "REPLICA_ACK_TIMEOUT_MS": env_int("NOTIFIER_REPLICA_ACK_TIMEOUT_MS", 500),
-    # JSON: {"namespace": {"public": bool, "client_publish": bool, "presence": bool, ...}}
     "NAMESPACES": _namespaces(),
 }
-
-if env_int("NOTIFIER_REPLICA_ACKS", 0) < 0 or env_int("NOTIFIER_REPLICA_ACK_TIMEOUT_MS", 500) < 1:  # 0 ms: forever
-    raise ImproperlyConfigured("NOTIFIER_REPLICA_ACKS must be >= 0 and NOTIFIER_REPLICA_ACK_TIMEOUT_MS >= 1")
+check_values({**DEFAULTS, **NOTIFIER})
+MAX_PAYLOAD_BYTES: int = NOTIFIER.get("MAX_PAYLOAD_BYTES", DEFAULTS["MAX_PAYLOAD_BYTES"])
+MAX_BATCH_EVENTS: int = DEFAULTS["MAX_BATCH_EVENTS"]
 
 # A full batch (MAX_BATCH_EVENTS events at MAX_PAYLOAD_BYTES each, plus their envelopes) fits;
 # anything larger is refused with 413 before it is parsed.

@@ -1,18 +1,24 @@
 """The NOTIFIER settings block, read through one accessor (DRF's `api_settings` shape).
 
+Every default is written here, once. notifier/settings.py only maps environment variables
+(`NOTIFIER_<NAME>`, parsed by the type of the default: `environment_overrides`) onto them.
 Unknown keys raise, so a typo is found at the first read rather than silently ignored, and the
 cache is reset on `setting_changed` so `override_settings` works in tests.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 
 DEFAULTS: dict[str, Any] = {
     "REDIS_URL": "",
+    # `/metrics` answers only `Authorization: Bearer <this>` when set.
     "METRICS_TOKEN": "",
     "MAX_PAYLOAD_BYTES": 64 * 1024,
     "MAX_FRAME_BYTES": 64 * 1024,
@@ -23,6 +29,8 @@ DEFAULTS: dict[str, Any] = {
     "HISTORY_SIZE": 1000,
     "HISTORY_TTL_SECS": 24 * 3600,
     "IDEMPOTENCY_WINDOW_SECS": 300,
+    # Connection tokens are signed with this; non-Python backends need it to mint tokens.
+    # Unset, notifier/settings.py derives one from DJANGO_SECRET_KEY (fine for Python-only setups).
     "JWT_SECRET": "",
     "ALLOW_ANONYMOUS": True,
     # Seconds a connection may stay open after its token expired, waiting for `op: refresh`.
@@ -50,8 +58,58 @@ DEFAULTS: dict[str, Any] = {
     "REPLICA_ACK_TIMEOUT_MS": 500,
     # Namespace (the part of a channel name before ":") -> policy overrides; see
     # realtime.channels.NamespacePolicy. "" is the namespace of names without ":".
+    # NOTIFIER_NAMESPACES: JSON {"namespace": {"public": bool, "client_publish": bool, ...}}.
     "NAMESPACES": {},
 }
+
+
+# Not read from NOTIFIER_<NAME>: REDIS_URL comes from REDIS_URL; notifier/settings.py builds
+# JWT_SECRET (derived from DJANGO_SECRET_KEY when unset) and NAMESPACES (JSON, with the embedded
+# mode's chat rooms); MAX_BATCH_EVENTS is part of the HTTP contract (DESIGN §4).
+NOT_FROM_ENVIRONMENT = frozenset({"REDIS_URL", "JWT_SECRET", "NAMESPACES", "MAX_BATCH_EVENTS"})
+TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def parse_env(key: str, raw: str, like: Any) -> Any:
+    """The environment variable `key`'s text as a value of the type of `like` (bool, int, list
+    of comma-separated strings, JSON object, or str); ImproperlyConfigured naming it if not."""
+    if isinstance(like, bool):
+        value = raw.strip().lower()
+        if value in TRUE | FALSE:
+            return value in TRUE
+        raise ImproperlyConfigured(f"{key}={raw!r} is not a boolean (use 1/0, true/false, yes/no, on/off)")
+    if isinstance(like, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ImproperlyConfigured(f"{key}={raw!r} is not an integer") from None
+    if isinstance(like, list):
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    if isinstance(like, dict):
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            raise ImproperlyConfigured(f"{key}={raw!r} is not JSON") from None
+        if not isinstance(parsed, dict):
+            raise ImproperlyConfigured(f"{key} must be a JSON object")
+        return parsed
+    return raw
+
+
+def environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The NOTIFIER settings that `NOTIFIER_<NAME>` variables set (an empty one sets nothing)."""
+    overrides = {}
+    for name, default in DEFAULTS.items():
+        raw = environ.get(f"NOTIFIER_{name}", "")
+        if name not in NOT_FROM_ENVIRONMENT and raw.strip():
+            overrides[name] = parse_env(f"NOTIFIER_{name}", raw, default)
+    return overrides
+
+
+def check_values(values: Mapping[str, Any]) -> None:
+    """Refuse settings that cannot work, when the process starts."""
+    if values["REPLICA_ACKS"] < 0 or values["REPLICA_ACK_TIMEOUT_MS"] < 1:  # WAIT with 0 ms blocks forever
+        raise ImproperlyConfigured("NOTIFIER_REPLICA_ACKS must be >= 0 and NOTIFIER_REPLICA_ACK_TIMEOUT_MS >= 1")
 
 
 class NotifierSettings:

@@ -23,9 +23,10 @@ from .channels import policy_of
 from .codes import CloseCode, ErrorCode
 from .conf import notifier_settings
 from .connection import Connection
-from .hub import Hub, Subscription, get_hub
+from .hub import Hub, Subscription
 from .limits import TokenBucket
 from .presence import get_presence
+from .process import get_hub, is_draining
 from .publish import PublishError, apublish, send_presence_frame
 from .tokens import InvalidToken, TokenExpired, decode_connection_token
 
@@ -79,7 +80,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
         identity = self._identity_from_scope()
         if identity is None:
             return  # refused and closed
-        if self.hub.draining:  # shutting down: go elsewhere
+        if is_draining():  # shutting down: go elsewhere
             self.conn.close(CloseCode.SHUTDOWN)
             return
         try:

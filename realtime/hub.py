@@ -13,12 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from channels.layers import BaseChannelLayer, get_channel_layer
+from channels.layers import BaseChannelLayer
 
 from . import metrics
 from .broker import RESYNC
@@ -27,9 +26,8 @@ from .codes import CloseCode
 from .conf import notifier_settings
 from .connection import Connection
 from .events import dumps
-from .history import History, Position, Slice, get_history
+from .history import History, Position, Slice
 from .presence import get_presence
-from .shutdown import install_drain_handler
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +104,6 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._started = asyncio.Lock()
         self._position_task: asyncio.Task[None] | None = None
-        self.draining = False  # SIGTERM received: new connections are turned away with 4000
 
     # -- connections -------------------------------------------------------------------------
 
@@ -296,7 +293,6 @@ class Hub:
                     loop.create_task(self._presence_loop()),
                 ]
                 self._layer_channel = name
-                install_drain_handler(self)
 
     async def _receive_loop(self, name: str) -> None:
         while True:
@@ -556,23 +552,3 @@ _LATEST = 1 << 62  # "after" this offset: read only the position, no frames
 
 def _position(state: _Channel) -> Position:
     return Position(state.last or 0, state.epoch or "")
-
-
-_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
-
-
-def existing_hubs() -> list[Hub]:
-    """The hubs of this process (one per event loop; one in a server process)."""
-    return list(_hubs.values())
-
-
-def get_hub() -> Hub:
-    """The hub of the running event loop."""
-    loop = asyncio.get_running_loop()
-    hub = _hubs.get(loop)
-    if hub is None:
-        layer = get_channel_layer()
-        if layer is None:
-            raise RuntimeError("CHANNEL_LAYERS is not configured")
-        hub = _hubs[loop] = Hub(layer, get_history(), notifier_settings.HEARTBEAT_SECS)
-    return hub

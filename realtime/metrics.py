@@ -14,8 +14,8 @@ import logging
 import os
 import socket
 from collections import defaultdict
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -50,6 +50,21 @@ GAUGES: dict[str, str] = {
     "notifier_joined_channels": "Channels whose group a server process has joined.",
 }
 HISTOGRAM = "notifier_publish_latency_seconds"
+
+
+class HubStats(Protocol):
+    """What the metrics read of a hub (realtime.hub.Hub)."""
+
+    connections: Any
+    stats: Any
+
+    def joined_channels(self) -> list[str]: ...
+
+    def subscriber_count(self, channel: str) -> int: ...
+
+
+# This process's hubs. realtime.process sets it: metrics stays below the hub in the imports.
+hub_source: Callable[[], Sequence[HubStats]] = list
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -133,9 +148,7 @@ def _field(name: str, labels: Labels) -> str:
 
 
 def _gauges() -> dict[str, int]:
-    from .hub import existing_hubs
-
-    hubs = existing_hubs()
+    hubs = hub_source()
     return {
         "notifier_open_connections": sum(len(h.connections) for h in hubs),
         "notifier_subscriptions": sum(len(c.subscriptions) for h in hubs for c in h.connections),
@@ -145,10 +158,8 @@ def _gauges() -> dict[str, int]:
 
 def local_channel_counts() -> dict[str, int]:
     """Subscribers per channel on this process's hubs."""
-    from .hub import existing_hubs
-
     counts: dict[str, int] = defaultdict(int)
-    for hub in existing_hubs():
+    for hub in hub_source():
         for channel in hub.joined_channels():
             counts[channel] += hub.subscriber_count(channel)
     return dict(counts)
@@ -167,10 +178,8 @@ async def channel_counts() -> dict[str, int]:
 
 
 def _hub_counters() -> dict[str, int]:
-    from .hub import existing_hubs
-
     totals: dict[str, int] = defaultdict(int)
-    for hub in existing_hubs():
+    for hub in hub_source():
         for name, value in hub.stats.take_deltas().items():
             totals[name] += value
     return totals
@@ -179,7 +188,7 @@ def _hub_counters() -> dict[str, int]:
 async def flush(final: bool = False) -> None:
     """Write this process's deltas and gauges to Redis (one round trip).
 
-    `final` (the process is exiting, realtime/shutdown.py): write the deltas and delete this
+    `final` (the process is exiting, realtime/process.py): write the deltas and delete this
     process's gauges and channel counts at once, rather than leave them until they expire."""
     if final:
         local.stop_flusher()

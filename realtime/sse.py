@@ -29,8 +29,9 @@ from .conf import notifier_settings
 from .connection import Connection
 from .events import dumps
 from .history import Position
-from .hub import PING_FRAME, Subscription, get_hub
+from .hub import PING_FRAME, Subscription
 from .presence import get_presence
+from .process import get_hub, is_draining
 from .scope import header
 from .tokens import InvalidToken, TokenExpired, decode_connection_token, decode_subscription_token
 
@@ -131,7 +132,7 @@ class ServerSentEventsApp:
         stream = EventStream(send)
         conn = stream.conn
         try:
-            if get_hub().draining:  # shutting down (SIGTERM): go elsewhere
+            if is_draining():  # shutting down (SIGTERM): go elsewhere
                 raise RequestError(503, ErrorCode.UNAVAILABLE, "the server is shutting down; reconnect")
             channels, identity, positions = await self._parse(scope, conn)
             stream.positions = {ch: pos for ch, pos in positions.items() if ch in channels}
@@ -208,7 +209,7 @@ class ServerSentEventsApp:
         disconnected = asyncio.ensure_future(_wait_for_disconnect(receive))
         try:
             await hub.add_connection(conn)
-            if hub.draining:  # SIGTERM came while this stream was being set up: end it now
+            if is_draining():  # SIGTERM came while this stream was being set up: end it now
                 conn.close(CloseCode.SHUTDOWN)
             for channel in [] if conn.closed else channels:
                 await hub.subscribe(channel, conn, stream.positions.get(channel), _announcer(conn, channel))

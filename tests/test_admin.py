@@ -18,7 +18,7 @@ from django.test import Client
 
 from api.models import ApiKey
 from notifier.asgi import application
-from realtime.hub import get_hub
+from realtime.process import get_hub
 from realtime.publish import apublish
 
 from .support import RedisServer, Server, manage, post_json, service_env, wait_until

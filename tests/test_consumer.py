@@ -12,7 +12,7 @@ from channels.testing import WebsocketCommunicator
 
 from notifier.asgi import application
 from realtime.codes import CloseCode
-from realtime.hub import get_hub
+from realtime.process import get_hub
 from realtime.publish import apublish
 
 

@@ -18,7 +18,8 @@ import pytest
 import websockets
 from channels.layers import channel_layers
 
-from realtime.hub import get_hub
+from realtime import process
+from realtime.process import get_hub
 from realtime.sse import ServerSentEventsApp
 
 from .support import RedisServer, Server, notify, service_env, wait_until
@@ -314,11 +315,11 @@ async def test_a_draining_server_refuses_new_streams() -> None:
         return {"type": "http.disconnect"}
 
     scope = {"type": "http", "method": "GET", "query_string": b"channel=news", "headers": []}
-    hub.draining = True
+    process.set_draining(True)
     try:
         await asyncio.wait_for(ServerSentEventsApp()(scope, receive, send), 10)
     finally:
-        hub.draining = False
+        process.set_draining(False)
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 503
     assert json.loads(sent[1]["body"])["code"] == "unavailable"
     assert hub.connections == set()

@@ -16,7 +16,7 @@ from api.models import ApiKey
 from api.permissions import key_may_grant
 from realtime.authorization import ChannelAuthorizer, Identity
 from realtime.codes import CloseCode
-from realtime.hub import get_hub
+from realtime.process import get_hub
 from realtime.tokens import (
     InvalidToken,
     TokenExpired,
