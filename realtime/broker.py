@@ -1,33 +1,59 @@
-"""The channel layer between publishers and hubs: channels-redis's pub/sub layer, whose reader
-gets back to Redis fast after a failover and tells the hubs when it did.
+"""The channel layer between publishers and hubs: what travels on it, and how.
 
-channels-redis's reader sleeps one second after every failed read and logs a traceback each
-time, so after a Sentinel failover a hub went on missing live events for seconds while
-publishers had already moved to the new master. This reader retries after 50 ms, doubling to 1 s
-while Redis stays away, logs one warning per outage, and once it reads again puts a
-`hub.resync` message in each of its layer channels: the hubs then check their channels'
-positions at once, delivering from history what was published while the reader was away
-(pub/sub is at-most-once; history is what makes delivery whole).
+Messages, one Channels group per channel (`group_of(channel)`), each hub a member for the
+channels it has subscribers for:
 
-It overrides one private method of channels_redis 4.3 (`RedisSingleShardConnection._do_receiving`,
-using `_pubsub` and `_receive_message`); tests/test_broker.py fails loudly if a new release
-changes that shape.
+- `{"type": "hub.event", "channel", "offset", "epoch", "frames": [<event frame text>, …]}`:
+  a channel's consecutive frames from `offset` on, encoded once by `publish()`, at most
+  MESSAGE_BYTES of them (one frame always fits). Releases before "frames" sent `"frame"`.
+- `{"type": "hub.presence", "channel", "frame"}`: a join/leave frame, no offset, not in history.
+- `{"type": "hub.resync"}`: put by this process's reader in its own hub's channel (never sent)
+  when it reads again after losing Redis.
+
+The guarantee is at most once: channels-redis's pub/sub layer drops what was in flight when a
+connection breaks, and a hub that was not subscribed at that moment never sees it. Nothing
+relies on more: events are in history before they are sent, and the hub delivers by offset,
+filling gaps from history (realtime/hub.py). That is what makes delivery whole.
+
+Two things here reach into channels_redis 4.3 (pinned), both checked by tests/test_broker.py,
+which fails loudly if a new release changes their shape:
+
+- Publishing a batch: `RedisPubSubChannelLayer.group_send` takes a lock and waits for each
+  PUBLISH in turn, so several messages go out as one pipeline per shard instead (the layer's
+  `_get_group_channel_name`, `_get_shard`, and the shard's `_lock`, `_ensure_redis`, `_redis`).
+- The reader: channels-redis's sleeps one second after every failed read and logs a traceback
+  each time, so after a Sentinel failover a hub went on missing live events for seconds while
+  publishers had already moved to the new master. This reader (`_Shard._do_receiving`, using
+  `_pubsub` and `_receive_message`) retries after 50 ms, doubling to 1 s while Redis stays
+  away, logs one warning per outage, and once it reads again puts a `hub.resync` message in
+  each of its layer channels: the hubs then check their channels' positions at once,
+  delivering from history what was published while the reader was away.
+
+This module is the seam where another backend (Redis Cluster's sharded pub/sub) plugs in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
+from channels.layers import get_channel_layer
 from channels_redis import pubsub
 from channels_redis.utils import _wrap_close
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from . import metrics
+from .channels import group_of
+from .history import Append, Stored
 
 logger = logging.getLogger(__name__)
 
+EVENT = "hub.event"
+PRESENCE = "hub.presence"
 RESYNC = "hub.resync"
+MESSAGE_BYTES = 256 * 1024  # a message holds one frame, or several up to this size
 FIRST_RETRY_SECS = 0.05
 MAX_RETRY_SECS = 1.0
 READ_TIMEOUT_SECS = 0.1  # channels-redis's own: how long one read waits for a message
@@ -79,3 +105,80 @@ class PubSubLayer(pubsub.RedisPubSubChannelLayer):
             layer = self._layers[loop] = _LoopLayer(*self._args, **self._kwargs, channel_layer=self)
             _wrap_close(self, loop)
         return layer
+
+
+# -- sending ---------------------------------------------------------------------------------
+
+Message = tuple[str, dict[str, Any]]  # (group, message)
+
+
+async def send_events(layer: Any, items: Sequence[Append], stored: Sequence[Stored]) -> None:
+    """Send stored frames to their channels' groups on `layer`: one message per channel run,
+    all in one round trip where the layer allows it."""
+    await send_messages(layer, event_messages(items, stored))
+
+
+async def send_presence(channel: str, frame: str) -> None:
+    """Send a join/leave frame to the channel's subscribers on every process (not in history)."""
+    await get_channel_layer().group_send(group_of(channel), {"type": PRESENCE, "channel": channel, "frame": frame})
+
+
+def event_messages(items: Sequence[Append], stored: Sequence[Stored]) -> list[Message]:
+    """(group, message) per channel: `frames` holds consecutive offsets from `offset` on, at
+    most MESSAGE_BYTES of them (Redis disconnects a pub/sub reader that lags 8-32 MB)."""
+    runs: dict[str, dict[str, Any]] = {}  # channel -> its message being filled
+    sizes: dict[str, int] = {}  # channel -> bytes of frames in that message
+    messages: list[Message] = []
+    for item, record in zip(items, stored, strict=True):
+        channel, position, frame = item.channel, record.position, record.frame
+        run = runs.get(channel)
+        if (
+            run is None
+            or run["epoch"] != position.epoch
+            or run["offset"] + len(run["frames"]) != position.offset
+            or sizes[channel] + len(frame) > MESSAGE_BYTES
+        ):
+            run = runs[channel] = {
+                "type": EVENT,
+                "channel": channel,
+                "offset": position.offset,
+                "epoch": position.epoch,
+                "frames": [],
+            }
+            sizes[channel] = 0
+            messages.append((group_of(channel), run))
+        run["frames"].append(frame)
+        sizes[channel] += len(frame)
+    return messages
+
+
+async def send_messages(layer: Any, messages: list[Message]) -> None:
+    """group_send each message; on the Redis pub/sub layer with several messages, as one
+    pipeline per Redis shard: the same pub/sub channels, serialized by the same layer, on the
+    same connection (under the same lock), in order."""
+    loop_layer = layer._get_layer() if isinstance(layer, pubsub.RedisPubSubChannelLayer) and len(messages) > 1 else None
+    if loop_layer is None:
+        for group, message in messages:
+            try:
+                await layer.group_send(group, message)
+            except RedisConnectionError:  # a connection left stale by a Redis restart fails once
+                await layer.group_send(group, message)
+        return
+    shards: dict[Any, list[tuple[str, bytes]]] = {}
+    for group, message in messages:
+        name = loop_layer._get_group_channel_name(group)
+        shards.setdefault(loop_layer._get_shard(name), []).append((name, layer.serialize(message)))
+    for shard, batch in shards.items():
+        try:
+            await _publish_pipelined(shard, batch)
+        except RedisConnectionError:  # once more on a fresh connection (duplicates are dropped by offset)
+            await _publish_pipelined(shard, batch)
+
+
+async def _publish_pipelined(shard: Any, batch: list[tuple[str, bytes]]) -> None:
+    async with shard._lock:
+        shard._ensure_redis()
+        async with shard._redis.pipeline(transaction=False) as pipe:
+            for name, data in batch:
+                pipe.publish(name, data)
+            await pipe.execute()

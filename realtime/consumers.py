@@ -17,7 +17,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from redis.exceptions import RedisError
 
-from . import metrics, protocol
+from . import broker, metrics, protocol
 from .authorization import Identity, get_authorizer
 from .channels import policy_of
 from .codes import CloseCode, ErrorCode
@@ -27,7 +27,7 @@ from .hub import Hub, Subscription
 from .limits import TokenBucket
 from .presence import get_presence
 from .process import get_hub, is_draining
-from .publish import PublishError, apublish, send_presence_frame
+from .publish import PublishError, apublish
 from .tokens import InvalidToken, TokenExpired, decode_connection_token
 
 logger = logging.getLogger(__name__)
@@ -337,7 +337,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
         self.conn.presence_channels.add(channel)
         first = await get_presence().join(channel, user, self.conn.id)
         if first and user and policy.presence_events:
-            await send_presence_frame(channel, protocol.reply("join", channel=channel, user=user))
+            await broker.send_presence(channel, protocol.reply("join", channel=channel, user=user))
 
     async def _leave_presence_or_log(self, channel: str) -> None:
         """Leave, or log and count the Redis error: the entry then expires on its own."""
@@ -363,7 +363,7 @@ async def _announce_leave(channel: str, user: str) -> None:
     await asyncio.sleep(notifier_settings.PRESENCE_LEAVE_DELAY_SECS)
     try:
         if await get_presence().user_gone(channel, user):
-            await send_presence_frame(channel, protocol.reply("leave", channel=channel, user=user))
+            await broker.send_presence(channel, protocol.reply("leave", channel=channel, user=user))
     except (RedisError, OSError) as exc:
         logger.warning("presence leave for %s failed: %s", channel, exc)
         metrics.inc("notifier_redis_errors", operation="presence")

@@ -19,8 +19,7 @@ from typing import Any
 
 from channels.layers import BaseChannelLayer
 
-from . import metrics
-from .broker import RESYNC
+from . import broker, metrics
 from .channels import group_of
 from .codes import CloseCode
 from .conf import notifier_settings
@@ -306,11 +305,11 @@ class Hub:
                 await asyncio.sleep(RECEIVE_RETRY_SECS)
                 continue
             kind = message.get("type")
-            if kind == "hub.event":
+            if kind == broker.EVENT:
                 await self.on_event(message)
-            elif kind == "hub.presence":
+            elif kind == broker.PRESENCE:
                 self.on_presence(message)
-            elif kind == RESYNC:
+            elif kind == broker.RESYNC:
                 self._check_positions_soon()
 
     def _check_positions_soon(self) -> None:

@@ -15,24 +15,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from channels.layers import get_channel_layer
-from channels_redis.pubsub import RedisPubSubChannelLayer
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from . import history, idempotency, metrics
+from . import broker, history, idempotency, metrics
 from .bridge import run_sync
-from .channels import InvalidChannel, group_of, policy_of, validate_channel
+from .channels import InvalidChannel, policy_of, validate_channel
 from .conf import notifier_settings
 from .events import FrameTemplate, dumps, event_template, new_event_id, now
-from .history import Append, Position, Stored, get_history, history_limits
+from .history import Append, Position, get_history, history_limits
 from .redis import Replicas, replicated_now
 
 logger = logging.getLogger(__name__)
 
 MAX_EVENT_NAME_LENGTH = 128
 SOURCES = {"celery", "client"}  # publisher names that are also metric sources; API keys are "key:<id>"
-HUB_EVENT = "hub.event"
-HUB_MESSAGE_BYTES = 256 * 1024  # a message holds one frame, or several up to this size
 
 
 class PublishError(Exception):
@@ -333,7 +329,7 @@ async def _store_and_send(
     if stored_results is not None:
         stored_results.extend(results)
     try:
-        await _group_send_many(get_channel_layer(), hub_messages(items, stored))
+        await broker.send_events(get_channel_layer(), items, stored)
     except (RedisError, OSError) as exc:
         logger.warning("publish stored but not sent: %s: %s", type(exc).__name__, exc)
         metrics.inc("notifier_redis_errors", operation="publish")
@@ -343,71 +339,6 @@ async def _store_and_send(
     if not replicated:
         raise NotReplicated(results[0])
     return results
-
-
-def hub_messages(items: Sequence[Append], stored: Sequence[Stored]) -> list[tuple[str, dict[str, Any]]]:
-    """(group, message) per channel: `frames` holds consecutive offsets from `offset` on, at
-    most HUB_MESSAGE_BYTES of them (Redis disconnects a pub/sub reader that lags 8-32 MB)."""
-    runs: dict[str, dict[str, Any]] = {}  # channel -> its message being filled
-    sizes: dict[str, int] = {}  # channel -> bytes of frames in that message
-    messages: list[tuple[str, dict[str, Any]]] = []
-    for item, record in zip(items, stored, strict=True):
-        channel, position, frame = item.channel, record.position, record.frame
-        run = runs.get(channel)
-        if (
-            run is None
-            or run["epoch"] != position.epoch
-            or run["offset"] + len(run["frames"]) != position.offset
-            or sizes[channel] + len(frame) > HUB_MESSAGE_BYTES
-        ):
-            run = runs[channel] = {
-                "type": HUB_EVENT,
-                "channel": channel,
-                "offset": position.offset,
-                "epoch": position.epoch,
-                "frames": [],
-            }
-            sizes[channel] = 0
-            messages.append((group_of(channel), run))
-        run["frames"].append(frame)
-        sizes[channel] += len(frame)
-    return messages
-
-
-async def _group_send_many(layer: Any, messages: list[tuple[str, dict[str, Any]]]) -> None:
-    """group_send each message; on the Redis pub/sub layer with several messages, as one
-    pipeline per Redis shard.
-
-    `RedisPubSubChannelLayer.group_send` takes a lock and waits for each PUBLISH in turn. The
-    pipeline publishes to the same pub/sub channels, serialized by the same layer, on the same
-    connection (under the same lock), in order.
-    """
-    loop_layer = layer._get_layer() if isinstance(layer, RedisPubSubChannelLayer) and len(messages) > 1 else None
-    if loop_layer is None or not all(hasattr(loop_layer, a) for a in ("_get_group_channel_name", "_get_shard")):
-        for group, message in messages:
-            try:
-                await layer.group_send(group, message)
-            except RedisConnectionError:  # a connection left stale by a Redis restart fails once
-                await layer.group_send(group, message)
-        return
-    shards: dict[Any, list[tuple[str, bytes]]] = {}
-    for group, message in messages:
-        name = loop_layer._get_group_channel_name(group)
-        shards.setdefault(loop_layer._get_shard(name), []).append((name, layer.serialize(message)))
-    for shard, batch in shards.items():
-        try:
-            await _publish_pipelined(shard, batch)
-        except RedisConnectionError:  # once more on a fresh connection (duplicates are dropped by offset)
-            await _publish_pipelined(shard, batch)
-
-
-async def _publish_pipelined(shard: Any, batch: list[tuple[str, bytes]]) -> None:
-    async with shard._lock:
-        shard._ensure_redis()
-        async with shard._redis.pipeline(transaction=False) as pipe:
-            for name, data in batch:
-                pipe.publish(name, data)
-            await pipe.execute()
 
 
 def publish(
@@ -423,11 +354,3 @@ def publish(
     return run_sync(
         apublish, channels, event, data, sender=sender, idempotency_key=idempotency_key, publisher=publisher
     )
-
-
-HUB_PRESENCE = "hub.presence"
-
-
-async def send_presence_frame(channel: str, frame: str) -> None:
-    """Send a join/leave frame to the channel's subscribers on every process (not in history)."""
-    await get_channel_layer().group_send(group_of(channel), {"type": HUB_PRESENCE, "channel": channel, "frame": frame})

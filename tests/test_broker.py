@@ -10,7 +10,7 @@ from pathlib import Path
 from channels_redis import pubsub
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from realtime.broker import RESYNC, PubSubLayer
+from realtime.broker import RESYNC, PubSubLayer, send_messages
 
 from .support import RedisServer
 
@@ -25,6 +25,25 @@ def test_channels_redis_still_has_the_shape_the_broker_overrides() -> None:
     loop_layer = inspect.getsource(pubsub.RedisPubSubLoopLayer.__init__)
     assert "self._shards" in loop_layer and "self.channels" in loop_layer
     assert "self._layers" in inspect.getsource(pubsub.RedisPubSubChannelLayer.__init__)
+    # send_messages: one pipeline per shard, under the shard's own lock and connection.
+    assert callable(pubsub.RedisPubSubLoopLayer._get_group_channel_name)
+    assert callable(pubsub.RedisPubSubLoopLayer._get_shard)
+    for attribute in ("self._lock", "self._redis"):
+        assert attribute in source, f"RedisSingleShardConnection no longer sets {attribute}"
+
+
+async def test_a_batch_goes_out_in_one_pipeline_per_shard_in_order(tmp_path: Path) -> None:
+    redis_server = RedisServer(tmp_path)
+    layer = PubSubLayer(hosts=[redis_server.url])
+    try:
+        name = await layer.new_channel(prefix="hub.")
+        await layer.group_add("g", name)
+        await send_messages(layer, [("g", {"type": "m", "n": n}) for n in range(50)])
+        got = [await asyncio.wait_for(layer.receive(name), 10) for _ in range(50)]
+        assert [m["n"] for m in got] == list(range(50))
+    finally:
+        await layer.flush()
+        redis_server.stop()
 
 
 async def test_after_redis_comes_back_the_reader_resubscribes_and_tells_the_hub(tmp_path: Path) -> None:

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from channels.layers import InMemoryChannelLayer
 
+from realtime.broker import event_messages
 from realtime.channels import group_of
 from realtime.codes import CloseCode
 from realtime.connection import OUTBOX_MAX_FRAMES, Connection
 from realtime.events import event_template
 from realtime.history import Append, MemoryHistory, Position
 from realtime.hub import Hub
-from realtime.publish import hub_messages
 
 
 class Socket:
@@ -52,7 +52,7 @@ async def store(hub: Hub, channel: str, count: int, per_message: int = 1) -> lis
             Append(channel, event_template(channel, f"i{n + i}", "e", "null", 0.0), 100, 60) for i in range(per_message)
         ]
         stored = await hub.history.append(items)
-        messages.extend(message for _, message in hub_messages(items, stored))
+        messages.extend(message for _, message in event_messages(items, stored))
     return messages
 
 
@@ -110,7 +110,7 @@ async def test_a_gap_history_no_longer_covers_is_announced_then_delivery_goes_on
     socket = await connect(hub, "t")
     items = [Append("t", event_template("t", f"i{n}", "e", "null", 0.0), 2, 60) for n in range(5)]
     stored = await hub.history.append(items)  # history keeps the last 2 of 5
-    (message,) = [m for _, m in hub_messages(items[4:], stored[4:])]
+    (message,) = [m for _, m in event_messages(items[4:], stored[4:])]
     await hub.on_event(message)  # 1-4 never arrive live; history still has 4 (and 5), not 1-3
     await asyncio.sleep(short_gap_wait * 5)
     frames = [json.loads(m["text"]) for m in socket.sent if m["type"] == "websocket.send"]
@@ -351,7 +351,7 @@ async def test_a_new_epoch_found_by_a_subscribe_is_announced_to_the_existing_sub
 async def store_many(hub: Hub, channel: str, count: int) -> list[dict[str, Any]]:
     """`count` events in history in one append (history keeps them all), as one run."""
     items = [Append(channel, event_template(channel, f"i{n}", "e", str(n), 0.0), 10_000, 60) for n in range(count)]
-    return [message for _, message in hub_messages(items, await hub.history.append(items))]
+    return [message for _, message in event_messages(items, await hub.history.append(items))]
 
 
 async def drain(socket: Socket, count: int) -> None:

@@ -100,10 +100,10 @@ def test_redis_store_is_the_production_store(settings: Any) -> None:
 async def test_an_event_stored_but_not_sent_keeps_its_key_so_a_retry_adds_no_copy(
     mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import realtime.publish as publish_module
+    import realtime.broker as broker_module
 
     channel = f"idem.{uuid.uuid4().hex[:8]}"
-    original = publish_module._group_send_many
+    original = broker_module.send_messages
     calls = []
 
     async def fails_once(*args: Any) -> None:
@@ -112,7 +112,7 @@ async def test_an_event_stored_but_not_sent_keeps_its_key_so_a_retry_adds_no_cop
             raise RedisConnectionError("the layer's connection dropped")
         await original(*args)
 
-    monkeypatch.setattr(publish_module, "_group_send_many", fails_once)
+    monkeypatch.setattr(broker_module, "send_messages", fails_once)
     with pytest.raises(Unavailable) as failed:  # still not acknowledged: a 503
         await apublish([channel], "e", 1, idempotency_key="celery-retry", publisher="celery")
     assert failed.value.code == "unavailable" and failed.value.details["stored"] is True
@@ -126,12 +126,12 @@ async def test_an_event_stored_but_not_sent_keeps_its_key_so_a_retry_adds_no_cop
 async def test_a_batch_stored_but_not_sent_reports_each_events_position(
     mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import realtime.publish as publish_module
+    import realtime.broker as broker_module
 
     async def down(*args: Any) -> None:
         raise RedisConnectionError("down")
 
-    monkeypatch.setattr(publish_module, "_group_send_many", down)
+    monkeypatch.setattr(broker_module, "send_messages", down)
     channel = f"idem.{uuid.uuid4().hex[:8]}"
     answers = await apublish_many([PublishRequest([channel], "e", n) for n in range(3)])
     assert all(isinstance(a, StoredNotSent) for a in answers)
