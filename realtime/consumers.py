@@ -17,7 +17,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from redis.exceptions import RedisError
 
-from . import broker, metrics, protocol
+from . import broker, frames, metrics, protocol
 from .authorization import Identity, get_authorizer
 from .channels import policy_of
 from .codes import CloseCode, ErrorCode
@@ -96,7 +96,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
         if identity.user is None and not notifier_settings.ALLOW_ANONYMOUS:
             self.conn.auth_deadline = time.monotonic() + notifier_settings.AUTH_TIMEOUT_SECS
         self.conn.deliver(
-            protocol.reply(
+            frames.reply(
                 "hello",
                 protocol=protocol.PROTOCOL_VERSION,
                 connection=self.conn.id,
@@ -151,7 +151,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
         limit = notifier_settings.MAX_CONNECTIONS_PER_USER
         if await get_presence().register_connection(identity.user, self.conn.id, limit):
             return True
-        self.conn.deliver(protocol.error_frame(ErrorCode.TOO_MANY_CONNECTIONS, f"at most {limit} connections per user"))
+        self.conn.deliver(frames.error(ErrorCode.TOO_MANY_CONNECTIONS, f"at most {limit} connections per user"))
         self.conn.close(CloseCode.TOO_MANY_CONNECTIONS)
         return False
 
@@ -180,11 +180,11 @@ class NotifierConsumer(AsyncWebsocketConsumer):
             self.refuse(exc.code, exc.message, exc.ref)
         except Exception:  # a bug: answer this frame, keep the socket (its state is intact)
             logger.exception("frame failed", extra=self.log_context)
-            self.conn.deliver(protocol.error_frame(ErrorCode.INTERNAL, "internal error; see the server log"))
+            self.conn.deliver(frames.error(ErrorCode.INTERNAL, "internal error; see the server log"))
 
     def refuse(self, code: str, message: str, ref: Any = None) -> None:
         """Answer with an error frame; a flood of them closes the socket as abuse."""
-        self.conn.deliver(protocol.error_frame(code, message, ref))
+        self.conn.deliver(frames.error(code, message, ref))
         now = time.monotonic()
         self._bad_frames = [t for t in self._bad_frames if now - t < BAD_FRAME_WINDOW_SECS] + [now]
         if len(self._bad_frames) > BAD_FRAME_BUDGET:
@@ -197,7 +197,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
             case protocol.Unsubscribe():
                 await self.unsubscribe(frame)
             case protocol.Ping():
-                self.conn.deliver(protocol.reply("pong", frame.ref))
+                self.conn.deliver(frames.reply("pong", frame.ref))
             case protocol.Pong():
                 pass
             case protocol.Publish():
@@ -223,7 +223,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
         for channel in anonymous_presence:  # leave as anonymous...
             await self._leave_presence_or_log(channel)
         self._set_identity(identity)
-        self.conn.deliver(protocol.reply("authenticated", frame.ref, user=identity.user))
+        self.conn.deliver(frames.reply("authenticated", frame.ref, user=identity.user))
         for channel in anonymous_presence:  # ...and come back as the user
             try:
                 await self._join_presence(channel)
@@ -241,7 +241,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
         if claims.user != self.identity.user:
             return self.refuse(ErrorCode.FORBIDDEN, "a refresh token must be for the same user", frame.ref)
         self._set_identity(Identity(claims.user, claims, self.identity.django_user))
-        self.conn.deliver(protocol.reply("authenticated", frame.ref, user=claims.user))
+        self.conn.deliver(frames.reply("authenticated", frame.ref, user=claims.user))
         await self._recheck_subscriptions()
 
     async def _recheck_subscriptions(self) -> None:
@@ -259,7 +259,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
                 continue
             await self.hub.unsubscribe(channel, self.conn)
             self.conn.deliver(
-                protocol.reply(
+                frames.reply(
                     "error",
                     code=str(ErrorCode.FORBIDDEN),
                     message=f"the refreshed token does not allow {channel!r}; unsubscribed",
@@ -284,16 +284,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
             self._token_grants.discard(frame.channel)
 
         def announce(sub: Subscription) -> None:
-            self.conn.deliver(
-                protocol.reply(
-                    "subscribed",
-                    frame.ref,
-                    channel=frame.channel,
-                    offset=sub.position.offset,
-                    epoch=sub.position.epoch,
-                    recovered=sub.recovered,
-                )
-            )
+            self.conn.deliver(frames.subscribed(frame.channel, sub.position, sub.recovered, frame.ref))
 
         try:
             await self.hub.subscribe(frame.channel, self.conn, frame.since, announce)
@@ -307,7 +298,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
             return self.refuse(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {frame.channel!r}", frame.ref)
         await self.hub.unsubscribe(frame.channel, self.conn)
         self._token_grants.discard(frame.channel)
-        self.conn.deliver(protocol.reply("unsubscribed", frame.ref, channel=frame.channel))
+        self.conn.deliver(frames.reply("unsubscribed", frame.ref, channel=frame.channel))
         await self._leave_presence_or_log(frame.channel)
 
     async def publish(self, frame: protocol.Publish) -> None:
@@ -324,7 +315,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
             return self.refuse(exc.code, exc.message, frame.ref)
         position = result.channels[frame.channel]
         self.conn.deliver(
-            protocol.reply("published", frame.ref, channel=frame.channel, offset=position.offset, id=result.id)
+            frames.reply("published", frame.ref, channel=frame.channel, offset=position.offset, id=result.id)
         )
 
     # -- presence --------------------------------------------------------------------------
@@ -337,7 +328,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
         self.conn.presence_channels.add(channel)
         first = await get_presence().join(channel, user, self.conn.id)
         if first and user and policy.presence_events:
-            await broker.send_presence(channel, protocol.reply("join", channel=channel, user=user))
+            await broker.send_presence(channel, frames.reply("join", channel=channel, user=user))
 
     async def _leave_presence_or_log(self, channel: str) -> None:
         """Leave, or log and count the Redis error: the entry then expires on its own."""
@@ -363,7 +354,7 @@ async def _announce_leave(channel: str, user: str) -> None:
     await asyncio.sleep(notifier_settings.PRESENCE_LEAVE_DELAY_SECS)
     try:
         if await get_presence().user_gone(channel, user):
-            await broker.send_presence(channel, protocol.reply("leave", channel=channel, user=user))
+            await broker.send_presence(channel, frames.reply("leave", channel=channel, user=user))
     except (RedisError, OSError) as exc:
         logger.warning("presence leave for %s failed: %s", channel, exc)
         metrics.inc("notifier_redis_errors", operation="presence")

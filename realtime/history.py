@@ -34,7 +34,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from . import rewinds
 from .conf import notifier_settings
-from .events import FrameTemplate
+from .frames import FrameTemplate
 from .redis import LuaScript, Replicas, get_redis
 
 

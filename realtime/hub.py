@@ -19,18 +19,16 @@ from typing import Any
 
 from channels.layers import BaseChannelLayer
 
-from . import broker, metrics
+from . import broker, frames, metrics
 from .channels import group_of
 from .codes import CloseCode
 from .conf import notifier_settings
 from .connection import Connection
-from .events import dumps
 from .history import History, Position, Slice
 from .presence import get_presence
 
 logger = logging.getLogger(__name__)
 
-PING_FRAME = '{"type":"ping"}'
 RECEIVE_RETRY_SECS = 1.0
 POSITION_CHECK_SECS = 5.0
 HISTORY_READ_LIMIT = 10_000
@@ -463,9 +461,7 @@ class Hub:
         if not state.subscribers:
             return
         self.stats.resyncs += 1
-        frame = dumps(
-            {"type": "subscribed", "channel": channel, "offset": state.last, "epoch": state.epoch, "recovered": False}
-        )
+        frame = frames.subscribed(channel, _position(state), False)
         for conn in state.subscribers:
             conn.deliver(frame)
 
@@ -518,7 +514,7 @@ class Hub:
             elif conn.auth_deadline is not None and time.monotonic() > conn.auth_deadline:
                 conn.close(CloseCode.FORBIDDEN)
             else:
-                conn.deliver(PING_FRAME)
+                conn.deliver(frames.PING)
 
     async def _presence_loop(self) -> None:
         """Keep this process's presence and per-user connection entries from expiring."""

@@ -13,7 +13,6 @@ from typing import Any
 
 from .channels import InvalidChannel, validate_channel
 from .codes import ErrorCode
-from .events import dumps
 from .history import Position
 
 PROTOCOL_VERSION = 1
@@ -171,15 +170,3 @@ _PARSERS: dict[str, Callable[[dict[str, Any], Any], ClientFrame]] = {
     "auth": lambda body, ref: Auth(_required_token(body), ref),
     "refresh": lambda body, ref: Refresh(_required_token(body), ref),
 }
-
-
-def reply(kind: str, ref: Any = None, **fields: Any) -> str:
-    """A server frame as JSON text; `ref` is echoed when the client sent one."""
-    frame: dict[str, Any] = {"type": kind, **fields}
-    if ref is not None:
-        frame["ref"] = ref
-    return dumps(frame)
-
-
-def error_frame(code: str, message: str, ref: Any = None) -> str:
-    return reply("error", ref, code=str(code), message=message)

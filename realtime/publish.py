@@ -8,20 +8,24 @@ server process's hub hands it to its local sockets.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
+from django.db import transaction
 from redis.exceptions import RedisError
 
 from . import broker, history, idempotency, metrics
 from .bridge import run_sync
 from .channels import InvalidChannel, policy_of, validate_channel
 from .conf import notifier_settings
-from .events import FrameTemplate, dumps, event_template, new_event_id, now
+from .events import dumps, new_event_id, now
+from .frames import FrameTemplate, event_template
 from .history import Append, Position, get_history, history_limits
 from .redis import Replicas, replicated_now
 
@@ -339,6 +343,36 @@ async def _store_and_send(
     if not replicated:
         raise NotReplicated(results[0])
     return results
+
+
+def publish_on_commit(
+    channels: Sequence[str], event: str, data: Any = None, *, using: str | None = None, **options: Any
+) -> None:
+    """`publish` once the transaction open on database `using` commits, at once when none is
+    open, never when it rolls back: an event must not announce a row that was rolled back
+    (Zulip's `send_event_on_commit`). `options` are `publish`'s keyword arguments. A publish that
+    fails after the commit raises from the `atomic` block's exit (the rows stay committed):
+    give an `idempotency_key` and retry it, or publish from a Celery task queued on commit."""
+    transaction.on_commit(functools.partial(publish, channels, event, data, **options), using=using)
+
+
+async def apublish_on_commit(
+    channels: Sequence[str], event: str, data: Any = None, *, using: str | None = None, **options: Any
+) -> None:
+    """`publish_on_commit` for async code. Django runs transactions in sync code (`atomic()`
+    inside `sync_to_async`, in its one thread-sensitive thread): a transaction open there defers
+    the publish to its commit; with none open the event is published now."""
+    if not await sync_to_async(_defer_to_commit)(channels, event, data, using, options):
+        await apublish(channels, event, data, **options)
+
+
+def _defer_to_commit(
+    channels: Sequence[str], event: str, data: Any, using: str | None, options: dict[str, Any]
+) -> bool:
+    if not transaction.get_connection(using).in_atomic_block:
+        return False
+    transaction.on_commit(functools.partial(publish, channels, event, data, **options), using=using)
+    return True
 
 
 def publish(

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 
 from redis.exceptions import RedisError
 
-from . import metrics
+from . import frames, metrics
 from .authorization import Identity, get_authorizer
 from .channels import InvalidChannel, validate_channel
 from .codes import CloseCode, ErrorCode
@@ -29,7 +29,7 @@ from .conf import notifier_settings
 from .connection import Connection
 from .events import dumps
 from .history import Position
-from .hub import PING_FRAME, Subscription
+from .hub import Subscription
 from .presence import get_presence
 from .process import get_hub, is_draining
 from .scope import header
@@ -37,8 +37,6 @@ from .tokens import InvalidToken, TokenExpired, decode_connection_token, decode_
 
 logger = logging.getLogger(__name__)
 
-EVENT_PREFIX = '{"type":"event"'
-SUBSCRIBED_PREFIX = '{"type":"subscribed"'
 # HTTP status of the authorizer's refusal codes (anything else is 403).
 REFUSAL_STATUS = {ErrorCode.UNKNOWN_CHANNEL: 404, ErrorCode.INVALID_TOKEN: 401, ErrorCode.TOKEN_EXPIRED: 401}
 
@@ -87,18 +85,18 @@ class EventStream:
 
     async def write(self, message: dict[str, Any]) -> None:
         if message["type"] == "websocket.close":
-            await self._chunk(f"event: close\ndata: {dumps({'code': message.get('code', 1000)})}\n\n", more=False)
+            await self._chunk(f"event: close\ndata: {frames.closed(message.get('code', 1000))}\n\n", more=False)
             self.closed.set()
             return
         text: str = message["text"]
-        if text == PING_FRAME:
+        if text == frames.PING:
             await self._chunk(": ping\n\n")
             self.conn.touch()  # SSE clients cannot answer; a write that went through is the proof
-        elif text.startswith(EVENT_PREFIX):
+        elif text.startswith(frames.EVENT_PREFIX):
             frame = json.loads(text)
             self.positions[frame["channel"]] = Position(frame["offset"], frame["epoch"])
             await self._chunk(f"id: {self._id()}\nevent: event\ndata: {text}\n\n")
-        elif text.startswith(SUBSCRIBED_PREFIX):
+        elif text.startswith(frames.SUBSCRIBED_PREFIX):
             self._subscribed(json.loads(text))
             await self._chunk(f"id: {self._id()}\nevent: subscribed\ndata: {text}\n\n")
         else:
@@ -274,17 +272,7 @@ async def _unregister(conn: Connection) -> None:
 
 def _announcer(conn: Connection, channel: str) -> Any:
     def announce(sub: Subscription) -> None:
-        conn.deliver(
-            dumps(
-                {
-                    "type": "subscribed",
-                    "channel": channel,
-                    "offset": sub.position.offset,
-                    "epoch": sub.position.epoch,
-                    "recovered": sub.recovered,
-                }
-            )
-        )
+        conn.deliver(frames.subscribed(channel, sub.position, sub.recovered))
 
     return announce
 

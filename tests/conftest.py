@@ -1,12 +1,27 @@
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from .support import RedisServer, Server, manage, service_env
+from .support import RedisServer, Server, manage, postgres_database_settings, service_env
 from .wsclient import Client
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """pytest-django's test database is a PostgreSQL one this run creates (and drops), never
+    SQLite: state that outlives a connection lives in PostgreSQL in production."""
+    from django.conf import settings
+    from django.db import connections
+
+    settings.DATABASES["default"] = postgres_database_settings(f"notifier_{os.getpid()}")
+    connections.settings["default"] = connections.configure_settings(settings.DATABASES)["default"]
+    with contextlib.suppress(AttributeError):  # a connection made before (to the SQLite default): drop it
+        del connections["default"]
 
 
 @pytest.fixture(scope="session")

@@ -166,6 +166,44 @@ class Process:
                 self.proc.wait()
 
 
+POSTGRES_URL_VARIABLE = "NOTIFIER_TEST_DATABASE_URL"
+
+
+def postgres_database_settings(name: str) -> dict[str, Any]:
+    """Django settings for a database `name` on a real PostgreSQL server: the machine's (local
+    socket, the current user's role) unless NOTIFIER_TEST_DATABASE_URL names another. Fails,
+    never skips, when the server cannot be reached, saying how to fix it; as root, makes the
+    role it needs (with CREATEDB) when it is missing."""
+    import dj_database_url
+    import psycopg
+
+    url = os.environ.get(POSTGRES_URL_VARIABLE) or f"postgres:///{name}"
+    config = dj_database_url.parse(url)
+    config["NAME"] = name
+    connect = {"dbname": "postgres", "user": config.get("USER") or None, "password": config.get("PASSWORD") or None}
+    connect |= {"host": config.get("HOST") or None, "port": config.get("PORT") or None}
+    try:
+        psycopg.connect(**connect, connect_timeout=5).close()
+    except psycopg.OperationalError as exc:
+        role_missing = "role" in str(exc) and "does not exist" in str(exc)
+        if not (role_missing and os.geteuid() == 0 and shutil.which("runuser")):
+            pytest.fail(
+                f"PostgreSQL is not reachable ({exc}). The tests create their own database on a real "
+                "server: install and start it (Debian: `apt-get install postgresql`, then "
+                "`pg_ctlcluster 15 main start`), or set NOTIFIER_TEST_DATABASE_URL=postgres://user:pw@host/x "
+                "to a role that may create databases.",
+                pytrace=False,
+            )
+        role = connect["user"] or os.environ.get("USER") or "root"
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", "psql", "-qc", f'CREATE ROLE "{role}" LOGIN CREATEDB'],
+            check=True,
+            cwd="/",
+            timeout=30,
+        )
+    return config
+
+
 def service_env(redis_url: str | None, db_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "DATABASE_", "NOTIFIER_", "DJANGO_"))}
     env.update(

@@ -12,7 +12,7 @@ from channels.layers import channel_layers
 from django.core.exceptions import ImproperlyConfigured
 
 from realtime.conf import notifier_settings
-from realtime.events import event_template
+from realtime.frames import event_template
 from realtime.history import Append, History, MemoryHistory, Position, RedisHistory, get_history
 from realtime.publish import apublish
 

@@ -14,7 +14,7 @@ from realtime.broker import event_messages
 from realtime.channels import group_of
 from realtime.codes import CloseCode
 from realtime.connection import OUTBOX_MAX_FRAMES, Connection
-from realtime.events import event_template
+from realtime.frames import event_template
 from realtime.history import Append, MemoryHistory, Position
 from realtime.hub import Hub
 

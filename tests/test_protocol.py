@@ -7,6 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from realtime.codes import ErrorCode
+from realtime.frames import error as error_frame
+from realtime.frames import reply
 from realtime.history import Position
 from realtime.protocol import (
     Auth,
@@ -15,9 +17,7 @@ from realtime.protocol import (
     Publish,
     Subscribe,
     Unsubscribe,
-    error_frame,
     parse_frame,
-    reply,
 )
 
 LIMIT = 1024

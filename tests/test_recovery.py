@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import websockets
 
-from realtime.events import event_template
+from realtime.frames import event_template
 from realtime.history import Append, RedisHistory
 
 from .support import RedisServer, Server, notify, post_json, service_env
