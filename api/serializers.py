@@ -9,6 +9,7 @@ from rest_framework import serializers
 
 from realtime.channels import InvalidChannel, personal_channel, policy_of, validate_channel
 from realtime.conf import notifier_settings
+from realtime.publish import MAX_EVENT_NAME_LENGTH
 
 USER_ID_RE = re.compile(r"[A-Za-z0-9_.\-@=]{1,64}")
 MAX_IDEMPOTENCY_KEY_LENGTH = 128
@@ -73,7 +74,7 @@ class NotifyRequestSerializer(StrictObjectSerializer):
     channels = serializers.ListField(child=ChannelField(), required=False, allow_empty=False)
     user = UserIdField(required=False)
     users = serializers.ListField(child=UserIdField(), required=False, allow_empty=False)
-    event = StrictCharField(max_length=128)
+    event = StrictCharField(max_length=MAX_EVENT_NAME_LENGTH)
     data = serializers.JSONField(required=False, allow_null=True, default=None)  # type: ignore[assignment]
     idempotency_key = StrictCharField(required=False, max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
 
@@ -119,7 +120,7 @@ def quick_notify_attrs(body: Any) -> dict[str, Any] | None:
     if type(body) is not dict or not _NOTIFY_FIELDS.issuperset(body):
         return None
     event = body.get("event")
-    if not _plain_text(event, 128):
+    if not _plain_text(event, MAX_EVENT_NAME_LENGTH):
         return None
     attrs: dict[str, Any] = {}
     targets: list[str] = []
