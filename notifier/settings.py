@@ -251,7 +251,7 @@ else:
         "default": {
             # Pub/sub layer: one PUBLISH per event however many processes listen, no
             # per-member queues that drop silently when full. It is at-most-once; the hub
-            # fills any gap from history (see README, "Why the pub/sub layer"). channels-redis's,
+            # fills any gap from history (see docs/delivery.md, "Why the pub/sub channel layer"). channels-redis's,
             # with a reader that reconnects fast after a failover (realtime/broker.py).
             "BACKEND": "realtime.broker.PubSubLayer",
             "CONFIG": {

@@ -1,4 +1,4 @@
-"""What an attacker tried by hand (README, "Tried as an attacker would"), kept as regressions.
+"""What an attacker tried by hand (docs/security.md, "Tried as an attacker would"), kept as regressions.
 
 Each input here once gave a 500, a traceback, a stalled event loop or a connection left in
 the hub for good; each must now get its documented error.

@@ -250,7 +250,7 @@ def unique(prefix: str) -> str:
 
 
 def mint_token(user: str, expires_in: int = 600) -> str:
-    """A connection token, as a backend signs it (README, "Security model")."""
+    """A connection token, as a backend signs it (docs/security.md)."""
     return jwt.encode({"sub": user, "exp": int(time.time()) + expires_in}, JWT_SECRET, algorithm="HS256")
 
 

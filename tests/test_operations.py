@@ -231,7 +231,7 @@ async def test_readyz_reports_an_unknown_policy_when_config_is_refused(
     service_db: Path, workdir: Path, tmp_path: Path
 ) -> None:
     """Managed Redis services refuse CONFIG: the policy is reported unknown, and the process
-    stays ready (README, Operations)."""
+    stays ready (docs/operations.md)."""
     redis_server = RedisServer(tmp_path)
     redis_server.command("ACL", "SETUSER", "default", "-config")
     server = Server(service_env(redis_server.url, service_db), workdir, kind="uvicorn")

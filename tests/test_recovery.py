@@ -207,7 +207,7 @@ async def test_lost_history_is_reported_as_not_recovered(
 async def test_a_client_that_stops_reading_is_closed_and_memory_stays_bounded(
     servers: tuple[Server, Server], redis_server: RedisServer, service_db: Path, workdir: Path, api_key: str
 ) -> None:
-    # The sockets live on a Uvicorn process (it has flow control; Daphne does not, see README);
+    # The sockets live on a Uvicorn process (it has flow control; Daphne does not, see docs/operations.md);
     # events are published through another process, so this one's memory is only fan-out.
     server = Server(service_env(redis_server.url, service_db), workdir, kind="uvicorn")
     publisher = servers[0]

@@ -30,7 +30,7 @@ const TOKEN_SECS = 3;
 const OUTLIVE_SECS = 5;
 
 /**
- * A connection token, signed as any backend can (README, "Security model").
+ * A connection token, signed as any backend can (docs/security.md).
  * @param {string} sub
  * @param {number} expiresIn seconds
  */
