@@ -6,7 +6,6 @@ It is deliberately not a channel-layer member: the process's hub is, once, for a
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -17,9 +16,8 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from redis.exceptions import RedisError
 
-from . import broker, frames, metrics, protocol
+from . import frames, membership, metrics, protocol
 from .authorization import Identity, get_authorizer
-from .channels import policy_of
 from .codes import CloseCode, ErrorCode
 from .conf import notifier_settings
 from .connection import Connection
@@ -117,7 +115,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
         presence = get_presence()
         try:
             for channel in list(self.conn.presence_channels):
-                await self._leave_presence(channel)
+                await membership.leave(self.conn, channel)
             if self.conn.user is not None:
                 await presence.unregister_connection(self.conn.user, self.conn.id)
         except (RedisError, OSError) as exc:  # entries expire on their own
@@ -221,12 +219,12 @@ class NotifierConsumer(AsyncWebsocketConsumer):
             return self.refuse(ErrorCode.UNAVAILABLE, "the service is temporarily unavailable; retry", frame.ref)
         anonymous_presence = list(self.conn.presence_channels)
         for channel in anonymous_presence:  # leave as anonymous...
-            await self._leave_presence_or_log(channel)
+            await membership.leave_or_log(self.conn, channel)
         self._set_identity(identity)
         self.conn.deliver(frames.reply("authenticated", frame.ref, user=identity.user))
         for channel in anonymous_presence:  # ...and come back as the user
             try:
-                await self._join_presence(channel)
+                await membership.join(self.conn, channel)
             except (RedisError, OSError) as exc:  # the presence refresh loop adds it later
                 logger.warning("presence join failed: %s", exc, extra=self.log_context)
                 metrics.inc("notifier_redis_errors", operation="presence")
@@ -266,7 +264,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
                     channel=channel,
                 )
             )
-            await self._leave_presence_or_log(channel)
+            await membership.leave_or_log(self.conn, channel)
 
     async def subscribe(self, frame: protocol.Subscribe) -> None:
         if frame.channel in self.conn.subscriptions:
@@ -288,7 +286,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
 
         try:
             await self.hub.subscribe(frame.channel, self.conn, frame.since, announce)
-            await self._join_presence(frame.channel)
+            await membership.join(self.conn, frame.channel)
         except (RedisError, OSError) as exc:
             logger.warning("subscribe to %s failed: %s", frame.channel, exc, extra=self.log_context)
             self.refuse(ErrorCode.UNAVAILABLE, "the service is temporarily unavailable; retry", frame.ref)
@@ -299,7 +297,7 @@ class NotifierConsumer(AsyncWebsocketConsumer):
         await self.hub.unsubscribe(frame.channel, self.conn)
         self._token_grants.discard(frame.channel)
         self.conn.deliver(frames.reply("unsubscribed", frame.ref, channel=frame.channel))
-        await self._leave_presence_or_log(frame.channel)
+        await membership.leave_or_log(self.conn, frame.channel)
 
     async def publish(self, frame: protocol.Publish) -> None:
         refusal = await get_authorizer().can_publish(self.identity, frame.channel)
@@ -317,44 +315,3 @@ class NotifierConsumer(AsyncWebsocketConsumer):
         self.conn.deliver(
             frames.reply("published", frame.ref, channel=frame.channel, offset=position.offset, id=result.id)
         )
-
-    # -- presence --------------------------------------------------------------------------
-
-    async def _join_presence(self, channel: str) -> None:
-        policy = policy_of(channel)
-        if policy is None or not policy.presence:
-            return
-        user = self.identity.user or ""
-        self.conn.presence_channels.add(channel)
-        first = await get_presence().join(channel, user, self.conn.id)
-        if first and user and policy.presence_events:
-            await broker.send_presence(channel, frames.reply("join", channel=channel, user=user))
-
-    async def _leave_presence_or_log(self, channel: str) -> None:
-        """Leave, or log and count the Redis error: the entry then expires on its own."""
-        try:
-            await self._leave_presence(channel)
-        except (RedisError, OSError) as exc:
-            logger.warning("presence leave failed: %s", exc, extra=self.log_context)
-            metrics.inc("notifier_redis_errors", operation="presence")
-
-    async def _leave_presence(self, channel: str) -> None:
-        if channel not in self.conn.presence_channels:
-            return
-        self.conn.presence_channels.discard(channel)
-        user = self.identity.user or ""
-        await get_presence().leave(channel, user, self.conn.id)
-        policy = policy_of(channel)
-        if user and policy is not None and policy.presence_events:
-            asyncio.get_running_loop().create_task(_announce_leave(channel, user))
-
-
-async def _announce_leave(channel: str, user: str) -> None:
-    """After the debounce delay, announce the leave if the user has not come back."""
-    await asyncio.sleep(notifier_settings.PRESENCE_LEAVE_DELAY_SECS)
-    try:
-        if await get_presence().user_gone(channel, user):
-            await broker.send_presence(channel, frames.reply("leave", channel=channel, user=user))
-    except (RedisError, OSError) as exc:
-        logger.warning("presence leave for %s failed: %s", channel, exc)
-        metrics.inc("notifier_redis_errors", operation="presence")

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 
 from redis.exceptions import RedisError
 
-from . import frames, metrics
+from . import frames, membership, metrics
 from .authorization import Identity, get_authorizer
 from .channels import InvalidChannel, validate_channel
 from .codes import CloseCode, ErrorCode
@@ -211,6 +211,7 @@ class ServerSentEventsApp:
                 conn.close(CloseCode.SHUTDOWN)
             for channel in [] if conn.closed else channels:
                 await hub.subscribe(channel, conn, stream.positions.get(channel), _announcer(conn, channel))
+                await membership.join(conn, channel)
             closed = asyncio.ensure_future(stream.closed.wait())
             await asyncio.wait([disconnected, closed], return_when=asyncio.FIRST_COMPLETED)
             closed.cancel()
@@ -221,6 +222,8 @@ class ServerSentEventsApp:
         finally:
             disconnected.cancel()
             await hub.remove_connection(conn)
+            for channel in list(conn.presence_channels):
+                await membership.leave_or_log(conn, channel)
 
 
 def _subscription_tokens(tokens: list[str], channels: list[str]) -> dict[str, str]:

@@ -10,11 +10,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 
 from .support import RedisServer, Server, service_env
 from .test_security import get_json
+from .test_sse import open_stream
 from .wsclient import Client
 
 pytestmark = pytest.mark.integration
@@ -96,3 +98,29 @@ async def test_join_and_leave_are_debounced_across_a_page_refresh(
     finally:
         first.stop()
         second.stop()
+
+
+async def test_an_sse_stream_joins_and_leaves_presence_as_a_websocket_does(
+    redis_server: RedisServer, service_db: Path, workdir: Path, api_key: str
+) -> None:
+    env = service_env(redis_server.url, service_db, **ENV)
+    server = Server(env, workdir, kind="uvicorn")
+    channel = f"room:{uuid.uuid4().hex[:8]}"
+    token = jwt.encode({"sub": "dave", "exp": int(time.time()) + 600}, SECRET, algorithm="HS256")
+    try:
+        watcher = await Client.connect(url(server, "watcher"))
+        await watcher.subscribe(channel)
+        assert await watcher.recv() == {"type": "join", "channel": channel, "user": "watcher"}
+        async with httpx.AsyncClient(timeout=30) as client:
+            streams = open_stream(client, server, [channel], headers={"Authorization": f"Bearer {token}"})
+            stream = await anext(streams)
+            assert (await stream.next())["event"] == "subscribed"
+            assert await watcher.recv() == {"type": "join", "channel": channel, "user": "dave"}
+            seen = presence(server, api_key, channel)
+            assert seen["users"] == [{"user": "dave", "connections": 1}, {"user": "watcher", "connections": 1}]
+            await streams.aclose()
+        assert await watcher.recv(timeout=10) == {"type": "leave", "channel": channel, "user": "dave"}
+        assert presence(server, api_key, channel)["users"] == [{"user": "watcher", "connections": 1}]
+        await watcher.close()
+    finally:
+        server.stop()
