@@ -84,9 +84,8 @@ class _Shard(pubsub.RedisSingleShardConnection):
     def _reconnected(self) -> None:
         logger.warning("channel layer reconnected to Redis; hubs check their channels' positions")
         resync = self.channel_layer.channel_layer.serialize({"type": RESYNC})
-        for name, queue in self.channel_layer.channels.items():
-            if self.channel_layer._get_shard(name) is self:
-                queue.put_nowait(resync)
+        for queue in self.channel_layer.channels.values():  # every local channel: groups span the shards
+            queue.put_nowait(resync)
 
 
 class _LoopLayer(pubsub.RedisPubSubLoopLayer):

@@ -110,6 +110,10 @@ def check_values(values: Mapping[str, Any]) -> None:
     """Refuse settings that cannot work, when the process starts."""
     if values["REPLICA_ACKS"] < 0 or values["REPLICA_ACK_TIMEOUT_MS"] < 1:  # WAIT with 0 ms blocks forever
         raise ImproperlyConfigured("NOTIFIER_REPLICA_ACKS must be >= 0 and NOTIFIER_REPLICA_ACK_TIMEOUT_MS >= 1")
+    if values["REPLICA_ACKS"] and values["REPLICA_ACK_TIMEOUT_MS"] >= 1000 * values["REDIS_SOCKET_TIMEOUT_SECS"]:
+        raise ImproperlyConfigured(  # the socket would time out first: stored events would read as not published
+            "NOTIFIER_REPLICA_ACK_TIMEOUT_MS must be below NOTIFIER_REDIS_SOCKET_TIMEOUT_SECS (in ms)"
+        )
 
 
 class NotifierSettings:

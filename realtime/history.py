@@ -253,8 +253,12 @@ class RedisHistory:
             pipe.info("replication")
             for channel, _ in delivered:
                 pipe.hmget(self._keys(channel)[0], "epoch", "offset", "master")
-            info, *rows = await pipe.execute()
-        master = str(info.get("master_replid", ""))
+            info, *rows = await pipe.execute(raise_on_error=False)
+        for row in rows:
+            if isinstance(row, Exception):
+                raise row
+        # INFO refused (an ACL): "", as the scripts record then; only the behind-check applies.
+        master = "" if isinstance(info, Exception) else str(info.get("master_replid", ""))
         positions, suspect = [], []
         for index, ((_, position), (epoch, offset, written_by)) in enumerate(zip(delivered, rows, strict=True)):
             latest = Position(int(offset), _text(epoch)) if epoch else Position(0, "")

@@ -192,6 +192,8 @@ class Hub:
             before = state.last
             await self._catch_up(channel, state)
             self._release_held(state)
+            if state.epoch != latest.epoch:  # history went backwards meanwhile: a new epoch
+                return Subscription(_position(state), [], False)
             if state.last == before:
                 raise ConnectionError(f"{channel}: history could not be read to catch up")
         replay: list[str] = []
@@ -399,7 +401,10 @@ class Hub:
                     upto = min(first for first, _ in state.held) - 1
                     if upto > state.last:
                         self.stats.gap_fills += 1
+                        epoch = state.epoch
                         await self._catch_up(channel, state, upto)
+                        if state.epoch != epoch:  # history went backwards: a new epoch, subscribers told
+                            break
                         if state.last < upto:  # history restarted meanwhile: the gap is gone for good
                             self._resync(channel, state, upto)
                     self._release_held(state)

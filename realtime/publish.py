@@ -177,9 +177,11 @@ async def apublish(
     stored: list[PublishResult] = []
     try:
         (result,) = await _store_and_send([(event_id, items)], stored)
-    except BaseException as exc:
+    except BaseException:
         if stored:  # in history, so delivered: a retry must get this answer, not publish again
-            await _record(store, key, stored[0], replicated=not isinstance(exc, NotReplicated))
+            # With replica acks, only a completed publish is known to be replicated: a retry of
+            # any other checks first (`_answer_again`).
+            await _record(store, key, stored[0], replicated=not Replicas.required().count)
         else:  # nothing stored: a retry goes through
             with contextlib.suppress(RedisError, OSError):
                 await store.release(key)
@@ -337,6 +339,8 @@ async def _store_and_send(
     except (RedisError, OSError) as exc:
         logger.warning("publish stored but not sent: %s: %s", type(exc).__name__, exc)
         metrics.inc("notifier_redis_errors", operation="publish")
+        if not replicated:  # stored, not sent, not replicated: acknowledged only once it is
+            raise NotReplicated(results[0]) from exc
         if len(results) == 1:
             raise StoredNotSent(results[0]) from exc
         raise Unavailable("the events were stored but the channel layer is unavailable") from exc

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import weakref
 from collections.abc import Sequence
@@ -25,6 +26,8 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import NoScriptError
 
 from .conf import notifier_settings
+
+logger = logging.getLogger(__name__)
 
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = weakref.WeakKeyDictionary()
 
@@ -134,8 +137,9 @@ class LuaScript:
         if not replicas.count:
             return results, 0
         acked = results.pop()
-        if isinstance(acked, Exception):
-            raise acked
+        if isinstance(acked, Exception):  # WAIT refused (an ACL, a proxy): the writes happened, unconfirmed
+            logger.warning("WAIT failed after the writes: %s", acked)
+            return results, 0
         return results, int(acked)
 
 

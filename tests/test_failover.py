@@ -331,6 +331,8 @@ async def test_with_replica_acks_nothing_acknowledged_is_lost_at_a_failover(
         # acknowledged, and no second copy.
         assert await publisher.publish("retried", retry=(), key="retried-key") == 503
         first = publisher.refused[-1]["details"]
+        assert await publisher.publish("retried", retry=(), key="retried-key") == 503  # not yet replicated
+        assert publisher.refused[-1]["code"] == "not_replicated"
         heal_replication(setup.master, setup.replica)
         assert await publisher.publish("retried", retry=(), key="retried-key") == 202
         assert publisher.acked[-1]["id"] == first["id"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from realtime.channels import group_of
 from realtime.codes import CloseCode
 from realtime.connection import OUTBOX_MAX_FRAMES, Connection
 from realtime.frames import event_template
-from realtime.history import Append, MemoryHistory, Position
+from realtime.history import Append, MemoryHistory, Position, new_epoch
 from realtime.hub import Hub
 
 
@@ -409,3 +410,50 @@ async def test_a_replay_larger_than_a_socket_may_queue_is_answered_not_recovered
     sub = await hub.subscribe("w", conn, Position(0, messages[0]["epoch"]))
     assert sub.recovered is False and sub.position.offset == 150 and sub.replay == []
     assert not conn.closed
+
+
+class RewindableHistory(MemoryHistory):
+    """History in memory that can go backwards, as a promoted replica's does; `check` moves a
+    channel behind the delivered offset to a new epoch, as RedisHistory's does."""
+
+    def rewind(self, channel: str, offset: int) -> None:
+        log = self._logs[channel]
+        log.offset = offset
+        log.frames = deque([f for f in log.frames if f[0] <= offset], maxlen=log.frames.maxlen)
+
+    async def check(self, delivered: Sequence[tuple[str, Position]]) -> list[Position]:
+        found = []
+        for channel, position in delivered:
+            log = self._live_log(channel)
+            if log is not None and log.epoch == position.epoch and log.offset < position.offset:
+                log.epoch, log.offset = new_epoch(), 0
+                log.frames.clear()
+            found.append(Position(log.offset, log.epoch) if log else Position(0, ""))
+        return found
+
+
+async def test_history_that_went_backwards_during_a_gap_fill_moves_to_a_new_epoch_and_loses_nothing_after(
+    short_gap_wait: float,
+) -> None:
+    history = RewindableHistory()
+    hub = Hub(InMemoryChannelLayer(capacity=10_000), history, heartbeat_secs=25)
+    try:
+        socket = await connect(hub, "r")
+        for message in await store(hub, "r", 10):
+            await hub.on_event(message)
+        held = (await store(hub, "r", 2))[1]  # 11 never arrives live, 12 waits for it
+        await hub.on_event(held)
+        history.rewind("r", 5)  # a failover: the new master has only 1-5
+        await asyncio.sleep(short_gap_wait * 5)
+        after = await store(hub, "r", 3)  # published under the new epoch
+        assert [m["offset"] for m in after] == [1, 2, 3] and after[0]["epoch"] != held["epoch"]
+        for message in after:
+            await hub.on_event(message)
+        await settle()
+        frames = [json.loads(m["text"]) for m in socket.sent if m["type"] == "websocket.send"]
+        told = [f for f in frames if f["type"] == "subscribed" and f["recovered"] is False]
+        assert told and told[-1]["epoch"] == after[0]["epoch"], frames
+        new = [(f["epoch"], f["offset"]) for f in frames if f["type"] == "event" and f["epoch"] == after[0]["epoch"]]
+        assert new == [(after[0]["epoch"], n) for n in (1, 2, 3)]  # none dropped as "already delivered"
+    finally:
+        await hub.stop()

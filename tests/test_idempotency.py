@@ -13,7 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from realtime.history import get_history
 from realtime.idempotency import MemoryIdempotencyStore, RedisIdempotencyStore
-from realtime.publish import PublishRequest, StoredNotSent, Unavailable, apublish, apublish_many
+from realtime.publish import NotReplicated, PublishRequest, StoredNotSent, Unavailable, apublish, apublish_many
 
 from .support import RedisServer
 
@@ -136,3 +136,33 @@ async def test_a_batch_stored_but_not_sent_reports_each_events_position(
     answers = await apublish_many([PublishRequest([channel], "e", n) for n in range(3)])
     assert all(isinstance(a, StoredNotSent) for a in answers)
     assert [a.result.channels[channel].offset for a in answers if isinstance(a, StoredNotSent)] == [1, 2, 3]
+
+
+async def test_with_replica_acks_a_publish_no_replica_confirmed_is_never_answered_202(
+    mode: str, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session's Redis has no replica: WAIT 1 always answers 0. Whether the live send then
+    works or fails, the publish and every retry with its key answer not_replicated."""
+    if mode != "redis":
+        return  # replica acks need Redis: the embedded mode has no replicas (and ignores them)
+    import realtime.broker as broker_module
+
+    settings.NOTIFIER = {**settings.NOTIFIER, "REPLICA_ACKS": 1, "REPLICA_ACK_TIMEOUT_MS": 50}
+    channel = f"idem.{uuid.uuid4().hex[:8]}"
+    with pytest.raises(NotReplicated) as first:
+        await apublish([channel], "e", 1, idempotency_key="acks", publisher="p")
+    assert first.value.details["stored"] is True and first.value.details["replicated"] is False
+
+    async def down(*args: Any) -> None:
+        raise RedisConnectionError("down")
+
+    monkeypatch.setattr(broker_module, "send_messages", down)
+    with pytest.raises(NotReplicated):  # stored, not sent, not replicated: still not acknowledged
+        await apublish([channel], "e", 2, idempotency_key="acks-down", publisher="p")
+    for key in ("acks", "acks-down"):
+        with pytest.raises(NotReplicated) as again:
+            await apublish([channel], "e", 3, idempotency_key=key, publisher="p")
+        assert again.value.code == "not_replicated"
+    assert await offsets(channel) == [1, 2]  # no retry stored a second copy
+    (batch,) = await apublish_many([PublishRequest([channel], "e", 4)])
+    assert isinstance(batch, NotReplicated)
