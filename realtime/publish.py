@@ -75,8 +75,9 @@ class StoredNotSent(Unavailable):
 
 
 class NotReplicated(StoredNotSent):
-    """Stored on the Redis master and sent, but fewer replicas than NOTIFIER_REPLICA_ACKS
-    acknowledged it in time: not acknowledged (503), since a failover now could lose it. A retry
+    """Stored on the Redis master (and sent, or delivered from history when the send failed),
+    but fewer replicas than NOTIFIER_REPLICA_ACKS acknowledged it in time: not acknowledged
+    (503), since a failover now could lose it. A retry
     with the same idempotency key publishes no second copy: it answers 202 once the replicas
     have caught up (see `apublish`), this again until then."""
 
