@@ -30,6 +30,7 @@ from rest_framework import exceptions
 
 from realtime.conf import notifier_settings
 from realtime.events import dumps
+from realtime.notify import BatchRequestSerializer, validated_notify
 from realtime.publish import PublishError, PublishRequest, PublishResult, Unavailable, apublish, apublish_many
 from realtime.scope import header
 
@@ -38,7 +39,6 @@ from .exceptions import InvalidApiKey, PayloadTooLarge, batch_error, exception_h
 from .keys import KeyCache
 from .models import ApiKey, hash_key
 from .permissions import check_key_channels
-from .serializers import BatchRequestSerializer, validated_notify
 
 logger = logging.getLogger(__name__)
 

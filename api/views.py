@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 from realtime.bridge import run_sync
 from realtime.channels import InvalidChannel, personal_channel, policy_of, validate_channel
 from realtime.history import get_history
+from realtime.notify import BatchRequestSerializer, NotifyRequestSerializer
 from realtime.presence import get_presence, presence_summary
 from realtime.publish import PublishError, PublishResult, Unavailable, publish
 from realtime.tokens import mint_connection_token, mint_subscription_token
@@ -24,12 +25,10 @@ from .authentication import Publisher, publisher_of
 from .exceptions import batch_error, nothing_published
 from .permissions import HasScope, check_key_channels, check_key_grants
 from .serializers import (
-    BatchRequestSerializer,
     BatchResultSerializer,
     ErrorSerializer,
     HealthSerializer,
     HistoryResponseSerializer,
-    NotifyRequestSerializer,
     NotifyResponseSerializer,
     PresenceResponseSerializer,
     TokenRequestSerializer,

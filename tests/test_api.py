@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
 from api.models import ApiKey, hash_key
-from api.serializers import NotifyRequestSerializer, quick_notify_attrs
+from realtime.notify import NotifyRequestSerializer, quick_notify_attrs
 
 pytestmark = pytest.mark.django_db
 

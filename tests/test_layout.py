@@ -76,3 +76,11 @@ def test_no_module_imports_itself_in_a_circle() -> None:
     assert "realtime.hub" in edges and "realtime.conf" in edges["realtime.history"]
     found = cycles(edges)
     assert not found, "import circles:\n" + "\n".join(" -> ".join(c) for c in found)
+
+
+def test_the_domain_and_the_worker_do_not_import_the_http_api() -> None:
+    edges = graph()
+    below_api = {m: deps for m, deps in edges.items() if m.startswith(("realtime", "worker"))}
+    assert all(not dep.startswith("api") for deps in below_api.values() for dep in deps), {
+        m: sorted(d for d in deps if d.startswith("api")) for m, deps in below_api.items() if deps
+    }

@@ -8,7 +8,7 @@ from typing import Any
 from celery import Task, shared_task
 from rest_framework.exceptions import ValidationError
 
-from api.serializers import validated_notify
+from realtime.notify import validated_notify
 from realtime.publish import NotReplicated, PublishError, StoredNotSent, Unavailable, publish
 
 logger = logging.getLogger(__name__)
