@@ -242,7 +242,7 @@ class RedisHistory:
             for channel in channels:
                 pipe.hmget(self._keys(channel)[0], "epoch", "offset")
             rows = await pipe.execute()
-        return [Position(int(offset), _text(epoch)) if epoch else Position(0, "") for epoch, offset in rows]
+        return [_meta_position(epoch, offset) for epoch, offset in rows]
 
     async def check(self, delivered: Sequence[tuple[str, Position]]) -> list[Position]:
         """The latest position of each channel, after moving to a new epoch those whose history
@@ -261,7 +261,7 @@ class RedisHistory:
         master = "" if isinstance(info, Exception) else str(info.get("master_replid", ""))
         positions, suspect = [], []
         for index, ((_, position), (epoch, offset, written_by)) in enumerate(zip(delivered, rows, strict=True)):
-            latest = Position(int(offset), _text(epoch)) if epoch else Position(0, "")
+            latest = _meta_position(epoch, offset)
             positions.append(latest)
             foreign = written_by is not None and _text(written_by) != master
             if epoch and (foreign or (latest.epoch == position.epoch and latest.offset < position.offset)):
@@ -277,6 +277,11 @@ class RedisHistory:
                     reason = rewinds.MASTER_CHANGED if int(moved) == 1 else rewinds.HISTORY_BEHIND
                     rewinds.noticed(_text(current), 1, reason)
         return positions
+
+
+def _meta_position(epoch: bytes | None, offset: bytes | None) -> Position:
+    """A channel's position from its meta hash's fields; (0, "") where it has no history."""
+    return Position(int(offset or 0), _text(epoch)) if epoch else Position(0, "")
 
 
 def _text(value: bytes | str) -> str:

@@ -320,7 +320,7 @@ async def _store_and_send(
     replicated = True
     try:
         stored = await get_history().append(items)
-    except history.NotReplicated as exc:  # stored on the master: sent, but not acknowledged
+    except history.NotReplicated as exc:  # stored on the master: sent below, but not acknowledged
         logger.warning("publish not replicated in time: %s", exc)
         metrics.inc("notifier_redis_errors", operation="replica_ack")
         stored, replicated = exc.stored, False
