@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib.auth.models import AnonymousUser
 from rest_framework import authentication
 from rest_framework.request import Request
@@ -21,10 +19,6 @@ class Publisher(AnonymousUser):
     @property
     def is_authenticated(self) -> bool:  # type: ignore[override]
         return True
-
-    @property
-    def publisher_id(self) -> str:
-        return f"key:{self.key.pk}"
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
@@ -45,11 +39,6 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return "ApiKeyAuthentication()"
-
-
-def publisher_of(request: Request) -> str:
-    user: Any = request.user
-    return str(user.publisher_id)
 
 
 def bearer_key(header: str) -> str | None:

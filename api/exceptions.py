@@ -43,6 +43,14 @@ _CODES = {
 }
 
 
+def payload_too_large() -> PayloadTooLarge:
+    """The refusal of a request body over Django's DATA_UPLOAD_MAX_MEMORY_SIZE."""
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    error = PayloadTooLarge(f"request body is over {limit} bytes")
+    error.notifier_details = {"limit": limit}  # type: ignore[attr-defined]
+    return error
+
+
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"code": code, "message": message, "details": details or {}}
 
@@ -69,9 +77,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     if isinstance(exc, RequestDataTooBig):
-        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        exc = PayloadTooLarge(f"request body is over {limit} bytes")
-        exc.notifier_details = {"limit": limit}  # type: ignore[attr-defined]
+        exc = payload_too_large()
     # Imported here: rest_framework.views imports our authentication class at import time.
     from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -133,8 +139,6 @@ def json_500(request: HttpRequest) -> JsonResponse:
 
 def json_400(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     if isinstance(exception, RequestDataTooBig):
-        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        return JsonResponse(
-            error_body("payload_too_large", f"request body is over {limit} bytes", {"limit": limit}), status=413
-        )
+        error = payload_too_large()
+        return JsonResponse(_body_of(error), status=error.status_code)
     return JsonResponse(error_body("bad_request", "bad request"), status=400)

@@ -1,22 +1,16 @@
-"""The hot publish route: POST /api/notify and POST /api/notify/batch, on the event loop.
+"""The publish route: POST /api/notify and POST /api/notify/batch, on the event loop.
 
 Through Django, a request hops to a thread several times (request_started, the sync view,
-`response.close()`), looks its API key up in the database, counts its rate in Django's cache
-with blocking Redis calls, validates with DRF's field machinery, and the view then calls back
-into the event loop to publish (DESIGN §8): about 300 requests/s per process here. This route
-answers the same requests, with the same rules and the same answers, without leaving the loop:
+`response.close()`), looks its API key up in the database, validates with DRF's field
+machinery, and the view then calls back into the event loop to publish (DESIGN §8): about
+300 requests/s per process here. This door takes the same requests to the same core without
+leaving the loop: it reads the body, finds the key and counts its rate window in one Redis
+round trip with the process's key cache (api/keys.py), and hands the call to the notify core
+(api/publishing.py), which applies every rule. Refusals are answered by api/exceptions.py's
+handler, with the status and headers (WWW-Authenticate, Retry-After) DRF would send.
 
-1. the API key and its rate window come from one Redis round trip and the process's key
-   cache (api/keys.py), which forgets every key as soon as any key changes;
-2. the body is validated by `quick_notify_attrs` for ordinary events, and by the very same
-   DRF serializers for anything else (so every error is worded by DRF, as on other endpoints);
-3. `apublish` (or for a batch `apublish_many`: one history round trip and one send);
-4. errors are `APIException`s answered by api/exceptions.py's handler: `{"code", "message",
-   "details"}` with the status and headers (WWW-Authenticate, Retry-After) DRF would send.
-
-The DRF views (NotifyView, NotifyBatchView) stay the API's definition: they serve the OpenAPI
-schema, the embedded mode (no Redis: keys from the database) and any request this route does
-not take (other methods answer 405 there).
+The DRF views (api/views.py) are the other door to the same core: they serve Django's test
+client and define the OpenAPI schema; other methods on these paths answer 405 there.
 """
 
 from __future__ import annotations
@@ -28,17 +22,14 @@ from typing import Any
 from django.conf import settings
 from rest_framework import exceptions
 
-from realtime.conf import notifier_settings
 from realtime.events import dumps
-from realtime.notify import BatchRequestSerializer, validated_notify
-from realtime.publish import PublishError, PublishRequest, PublishResult, Unavailable, apublish, apublish_many
 from realtime.scope import header
 
 from .authentication import bearer_key
-from .exceptions import InvalidApiKey, PayloadTooLarge, batch_error, exception_handler, nothing_published
+from .exceptions import InvalidApiKey, exception_handler, payload_too_large
 from .keys import KeyCache
-from .models import ApiKey, hash_key
-from .permissions import check_key_channels
+from .models import hash_key
+from .publishing import NotifyCall, answer, cost_of
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +41,7 @@ CHECK_KEY_BEFORE_PARSING_BYTES = 256 * 1024
 
 
 class FastPublishApp:
-    """ASGI: POST /api/notify and /api/notify/batch here (Redis mode); the rest to `app`."""
+    """ASGI: POST /api/notify and /api/notify/batch here; the rest to `app`."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -58,97 +49,37 @@ class FastPublishApp:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope.get("path") if scope["type"] == "http" and scope["method"] == "POST" else None
-        if path not in (NOTIFY, BATCH) or notifier_settings.embedded:
+        if path not in (NOTIFY, BATCH):
             await self.app(scope, receive, send)
             return
         read = await _read_body(receive)
         if read is None:
             return  # the client went away
         try:
-            status, answer = await self.handle(path == BATCH, scope, *read)
+            status, content = 202, await answer(await self.call(path == BATCH, scope, *read))
             headers: list[tuple[bytes, bytes]] = []
         except Exception as exc:  # noqa: BLE001 - every refusal is answered as the DRF views answer it
-            status, answer, headers = _error(exc)
-        content = dumps(answer).encode()
+            status, content, headers = _error(exc)
+        body = dumps(content).encode()
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [*JSON_HEADERS, (b"content-length", str(len(content)).encode()), *headers],
+                "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *headers],
             }
         )
-        await send({"type": "http.response.body", "body": content})
+        await send({"type": "http.response.body", "body": body})
 
-    async def handle(
-        self, batch: bool, scope: dict[str, Any], body: bytes, too_large: bool
-    ) -> tuple[int, dict[str, Any]]:
-        """The view's checks in DRF's order: authentication, scope, body, rate, then each event."""
+    async def call(self, batch: bool, scope: dict[str, Any], body: bytes, too_large: bool) -> NotifyCall:
+        """The request as the core takes it: its key and rate window (one Redis round trip) and body."""
         key_hash = hash_key(_bearer_key(scope))
         if not too_large and len(body) > CHECK_KEY_BEFORE_PARSING_BYTES:
             # Parsing megabytes holds the event loop: never do it for an unknown key.
             if (await self.keys.check(key_hash, 0)).key is None:
                 raise InvalidApiKey("unknown or revoked API key")
         parsed, parse_error = _parse(body, too_large)
-        events = parsed.get("events") if batch and isinstance(parsed, dict) else None
-        cost = len(events) if isinstance(events, list) else 1
-        checked = await self.keys.check(key_hash, cost)
-        if checked.key is None:
-            raise InvalidApiKey("unknown or revoked API key")
-        key = checked.key
-        if not key.has_scope("publish"):
-            raise exceptions.PermissionDenied("this API key lacks the 'publish' scope")
-        if parse_error is not None:
-            raise parse_error
-        if checked.used > checked.limit:
-            raise exceptions.Throttled(wait=checked.retry_after)
-        publisher = f"key:{key.pk}"
-        if not batch:
-            attrs = validated_notify(parsed)
-            check_key_channels(key, attrs["targets"])
-            result = await apublish(
-                attrs["targets"],
-                attrs["event"],
-                attrs.get("data"),
-                idempotency_key=attrs.get("idempotency_key"),
-                publisher=publisher,
-            )
-            return 202, result.as_dict()
-        return 202, await self._publish_batch(key, publisher, parsed)
-
-    async def _publish_batch(self, key: ApiKey, publisher: str, parsed: Any) -> dict[str, Any]:
-        events = parsed.get("events") if isinstance(parsed, dict) else None
-        if not isinstance(events, list) or not events or len(events) > notifier_settings.MAX_BATCH_EVENTS:
-            batch = BatchRequestSerializer(data=parsed)
-            batch.is_valid(raise_exception=True)  # words the error; a valid batch never gets here
-            events = batch.validated_data["events"]
-        results: list[dict[str, Any]] = []
-        requests: list[tuple[int, PublishRequest]] = []
-        for index, body in enumerate(events):
-            try:
-                attrs = validated_notify(body)
-                check_key_channels(key, attrs["targets"])
-            except (exceptions.APIException, PublishError) as exc:
-                results.append(batch_error(exc))
-                continue
-            results.append({})
-            requests.append(
-                (
-                    index,
-                    PublishRequest(
-                        attrs["targets"],
-                        attrs["event"],
-                        attrs.get("data"),
-                        idempotency_key=attrs.get("idempotency_key"),
-                        publisher=publisher,
-                    ),
-                )
-            )
-        answers = await apublish_many([request for _, request in requests])
-        for (index, _), answer in zip(requests, answers, strict=True):
-            results[index] = answer.as_dict() if isinstance(answer, PublishResult) else batch_error(answer)
-        if nothing_published(results):
-            raise Unavailable("Redis is unavailable; no event was published")
-        return {"results": results}
+        checked = await self.keys.check(key_hash, cost_of(batch, parsed))
+        return NotifyCall(batch, checked.key, parsed, parse_error, checked.window)
 
 
 def _bearer_key(scope: dict[str, Any]) -> str:
@@ -163,10 +94,7 @@ def _bearer_key(scope: dict[str, Any]) -> str:
 def _parse(body: bytes, too_large: bool) -> tuple[Any, exceptions.APIException | None]:
     """The JSON body, or the error to answer once the key is known to be good."""
     if too_large:
-        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        error = PayloadTooLarge(f"request body is over {limit} bytes")
-        error.notifier_details = {"limit": limit}  # type: ignore[attr-defined]
-        return None, error
+        return None, payload_too_large()
     try:
         return json.loads(body), None
     except (ValueError, UnicodeDecodeError) as exc:

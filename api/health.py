@@ -4,7 +4,7 @@ Under the ASGI server, `OperationsApp` (notifier/asgi.py) answers GET /healthz, 
 /metrics before Django routing, the way /sse/ is routed: probes and Prometheus scrape
 `127.0.0.1:<port>`, a Host that `DJANGO_ALLOWED_HOSTS` (the public name) does not list, and
 these answers build no URL from Host, so there is nothing for ALLOWED_HOSTS to protect. They
-must also answer when Redis, which DRF's throttling uses, is broken. The plain Django views
+must also answer when Redis is broken. The plain Django views
 below give the same answers to Django's test client (and any other non-ASGI caller).
 """
 

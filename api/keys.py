@@ -1,9 +1,9 @@
-"""API keys and the per-key publish rate on the hot publish route, without a database query.
+"""API keys on the publish route (api/fast.py), without a database query per request.
 
 Looking a key up in the database costs a query and, under ASGI, a thread hop on every request
 (DESIGN §8). The publish route keeps the keys it has seen in process memory instead, and each
 request reads one Redis counter, the key generation, in the same round trip that counts it
-against its key's rate. Every change to a key (revoke, scopes, channels, delete) bumps the
+against its key's rate (api/rates.py). Every change to a key (revoke, scopes, channels, delete) bumps the
 generation when its transaction commits, and a process that sees a new generation forgets
 every key it knew, so a revocation is seen by every process at its next request.
 
@@ -26,40 +26,31 @@ from redis.exceptions import RedisError
 
 from realtime.bridge import run_sync
 from realtime.conf import notifier_settings
-from realtime.publish import Unavailable
-from realtime.redis import LuaScript, get_redis
+from realtime.redis import get_redis
 
+from . import rates
 from .models import ApiKey
-from .throttling import parse_rate
+from .rates import Window, generation_key
 
 logger = logging.getLogger(__name__)
 
 KEY_CACHE_SECS = 5.0
 
-# KEYS: the key generation, this key's counter for the current window. ARGV: cost, window TTL.
-_GENERATION_AND_RATE = LuaScript("""
-local used = redis.call('INCRBY', KEYS[2], ARGV[1])
-if used == tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
-return {used, redis.call('GET', KEYS[1]) or false}
-""")
-
-
-def generation_key() -> str:
-    return f"{notifier_settings.REDIS_PREFIX}:apikeys:generation"
-
 
 @dataclass(frozen=True)
 class Checked:
-    """A request's key (None: unknown or revoked) and how much of its rate window it has used."""
+    """A request's key (None: unknown or revoked) and its rate window, this request counted."""
 
     key: ApiKey | None
-    used: int
-    limit: int
-    retry_after: float  # seconds until the window ends
+    window: Window
 
 
 class KeyCache:
-    """The keys this process has seen, valid for one key generation and KEY_CACHE_SECS."""
+    """The keys this process has seen, valid for one key generation and KEY_CACHE_SECS.
+
+    In the embedded mode (one process, no Redis to announce changes) every request reads its
+    key from the database, so a change is seen at once.
+    """
 
     def __init__(self) -> None:
         self._generation: bytes | None = None
@@ -71,18 +62,13 @@ class KeyCache:
 
         An unknown key counts against a window no valid key uses; nothing else reads it.
         """
-        limit, period = parse_rate(notifier_settings.PUBLISH_RATE_PER_KEY)
-        now = time.time()
-        window = int(now // period)
-        rate_key = f"{notifier_settings.REDIS_PREFIX}:rate:{key_hash[:32]}:{window}"
-        try:
-            used, generation = await _GENERATION_AND_RATE.run([generation_key(), rate_key], [cost, period + 1])
-        except (RedisError, OSError) as exc:  # nothing could be published either
-            raise Unavailable("Redis is unavailable; the event was not published") from exc
-        if generation != self._generation:
+        counted = await rates.count(key_hash, cost)
+        if notifier_settings.embedded:
+            return Checked(await _load(key_hash), counted.window)
+        if counted.generation != self._generation:
             self._keys.clear()
-            self._generation = generation
-        return Checked(await self._get(key_hash), int(used), limit, (window + 1) * period - now)
+            self._generation = counted.generation
+        return Checked(await self._get(key_hash), counted.window)
 
     async def _get(self, key_hash: str) -> ApiKey | None:
         cached = self._keys.get(key_hash)

@@ -278,7 +278,7 @@ else:
         }
     }
 
-# The cache holds per-key publish-rate counters, so it must be shared by every process.
+# Django's cache (for the project's own use; the publish rate is counted in api/rates.py) is shared by every process.
 _cache: dict[str, Any] = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
 if not EMBEDDED:
     _cache = {

@@ -15,7 +15,7 @@ from rest_framework import serializers
 
 from .channels import InvalidChannel, personal_channel, policy_of, validate_channel
 from .conf import notifier_settings
-from .publish import MAX_EVENT_NAME_LENGTH
+from .publish import MAX_EVENT_NAME_LENGTH, Targets
 
 USER_ID_RE = re.compile(r"[A-Za-z0-9_.\-@=]{1,64}")
 MAX_IDEMPOTENCY_KEY_LENGTH = 128
@@ -97,7 +97,7 @@ class NotifyRequestSerializer(StrictObjectSerializer):
         limit = notifier_settings.MAX_CHANNELS_PER_PUBLISH
         if len(targets) > limit:
             raise serializers.ValidationError(f"at most {limit} target channels per event")
-        attrs["targets"] = targets
+        attrs["targets"] = Targets(targets)
         return attrs
 
 
@@ -162,7 +162,7 @@ def quick_notify_attrs(body: Any) -> dict[str, Any] | None:
     targets = list(dict.fromkeys(targets))
     if not targets or len(targets) > notifier_settings.MAX_CHANNELS_PER_PUBLISH:
         return None
-    attrs["targets"] = targets
+    attrs["targets"] = Targets(targets)
     return attrs
 
 

@@ -107,8 +107,16 @@ class PublishResult:
         return cls(answer["id"], {c: Position(p["offset"], p["epoch"]) for c, p in answer["channels"].items()})
 
 
+class Targets(list[str]):
+    """Target channels already checked as `check_channels` checks them (valid names, known
+    namespaces, no repeats, within the limit). The notify contract (realtime/notify.py) checks
+    each field of a body once and hands its targets over as this, so they are not checked again."""
+
+
 def check_channels(channels: Sequence[str]) -> list[str]:
     """Validated, de-duplicated channels in first-seen order."""
+    if isinstance(channels, Targets):
+        return channels
     if not channels:
         raise InvalidPublish("at least one target channel or user is required")
     unique = list(dict.fromkeys(channels))

@@ -191,14 +191,14 @@ def test_a_batch_stored_but_not_sent_answers_each_events_position(
 ) -> None:
     """Not "no event was published": each was stored and will be delivered, so the client gets
     every slot with its position (and must not publish them again)."""
-    from api import views
+    from api import publishing
     from realtime.history import Position
-    from realtime.publish import PublishResult, StoredNotSent, Unavailable
+    from realtime.publish import PublishError, PublishRequest, PublishResult, StoredNotSent, Unavailable
 
-    def stored_not_sent(attrs: Any, publisher: str) -> PublishResult:
-        raise StoredNotSent(PublishResult(f"id-{attrs['event']}", {"a": Position(1, "e1")}))
+    async def stored_not_sent(requests: list[PublishRequest]) -> list[PublishError]:
+        return [StoredNotSent(PublishResult(f"id-{r.event}", {"a": Position(1, "e1")})) for r in requests]
 
-    monkeypatch.setattr(views, "publish_validated", stored_not_sent)
+    monkeypatch.setattr(publishing, "apublish_many", stored_not_sent)
     events = [{"channel": "a", "event": "one"}, {"channel": "a", "event": "two"}]
     response = client.post("/api/notify/batch", {"events": events}, format="json")
     assert response.status_code == 202, response.json()
@@ -208,9 +208,9 @@ def test_a_batch_stored_but_not_sent_answers_each_events_position(
         ("unavailable", True, "id-two"),
     ]
 
-    def unavailable(attrs: Any, publisher: str) -> PublishResult:
-        raise Unavailable("down")
+    async def unavailable(requests: list[PublishRequest]) -> list[PublishError]:
+        return [Unavailable("down") for _ in requests]
 
-    monkeypatch.setattr(views, "publish_validated", unavailable)
+    monkeypatch.setattr(publishing, "apublish_many", unavailable)
     response = client.post("/api/notify/batch", {"events": events}, format="json")
     assert (response.status_code, response.json()["code"]) == (503, "unavailable")
