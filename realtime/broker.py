@@ -6,7 +6,9 @@ channels it has subscribers for:
 - `{"type": "hub.event", "channel", "offset", "epoch", "frames": [<event frame text>, …]}`:
   a channel's consecutive frames from `offset` on, encoded once by `publish()`, at most
   MESSAGE_BYTES of them (one frame always fits). Releases before "frames" sent `"frame"`.
-- `{"type": "hub.presence", "channel", "frame"}`: a join/leave frame, no offset, not in history.
+- `{"type": "hub.presence", "channel", "kind", "frame"}`: a `join` or `leave` frame (`kind`),
+  no offset, not in history. Releases before "kind" sent none: `presence_kind` reads it from
+  the frame.
 - `{"type": "hub.resync"}`: put by this process's reader in its own hub's channel (never sent)
   when it reads again after losing Redis.
 
@@ -35,6 +37,7 @@ This module is the seam where another backend (Redis Cluster's sharded pub/sub) 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -44,7 +47,7 @@ from channels_redis import pubsub
 from channels_redis.utils import _wrap_close
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from . import metrics
+from . import frames, metrics
 from .channels import group_of
 from .history import Append, Stored
 
@@ -117,9 +120,19 @@ async def send_events(layer: Any, items: Sequence[Append], stored: Sequence[Stor
     await send_messages(layer, event_messages(items, stored))
 
 
-async def send_presence(channel: str, frame: str) -> None:
-    """Send a join/leave frame to the channel's subscribers on every process (not in history)."""
-    await get_channel_layer().group_send(group_of(channel), {"type": PRESENCE, "channel": channel, "frame": frame})
+async def send_presence(channel: str, kind: str, user: str) -> None:
+    """Send `user`'s join or leave (`kind`) to the channel's subscribers on every process (not
+    in history)."""
+    message = {"type": PRESENCE, "channel": channel, "kind": kind, "frame": frames.presence(kind, channel, user)}
+    await get_channel_layer().group_send(group_of(channel), message)
+
+
+def presence_kind(message: dict[str, Any]) -> str:
+    """`join` or `leave`: what a presence message announces."""
+    kind = message.get("kind")
+    if kind is None:  # sent by a release before "kind", during a rolling upgrade
+        kind = json.loads(message["frame"]).get("type", "message")
+    return str(kind)
 
 
 def event_messages(items: Sequence[Append], stored: Sequence[Stored]) -> list[Message]:

@@ -32,8 +32,9 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import metrics
+from . import frames, metrics
 from .codes import CloseCode
+from .history import Position
 
 logger = logging.getLogger(__name__)
 
@@ -169,11 +170,14 @@ class Connection:
         """Record that the client sent something (any frame proves it is alive)."""
         self.last_seen = self.clock()
 
-    def deliver(self, frame: str, replay: bool = False) -> None:
+    def deliver(
+        self, frame: str, replay: bool = False, channel: str | None = None, offset: int = 0, epoch: str = ""
+    ) -> None:
         """Queue a text frame; never blocks. Overflow closes the socket as too slow.
 
         `replay`: the frame comes from history (a replay or a gap fill) and does not count
-        against the bound, within REPLAY_MAX_FRAMES / REPLAY_MAX_BYTES.
+        against the bound, within REPLAY_MAX_FRAMES / REPLAY_MAX_BYTES. `channel`, `offset`,
+        `epoch`: where an event frame stands, for a transport that tracks it (`deliver_event`).
         """
         if self.closed:
             return
@@ -210,14 +214,30 @@ class Connection:
         else:
             self._ensure_writer()
 
-    def can_replay(self, frames: list[str]) -> bool:
-        """Whether replaying `frames` stays within what may be queued beyond the bound."""
-        if self._replay_frames + len(frames) > REPLAY_MAX_FRAMES:
+    # What the hub and the client session hand a connection, by kind. A WebSocket writes each
+    # as its frame; a transport with another framing (SSE) overrides them. An event goes
+    # straight to `deliver`: the fan-out calls this once per socket and event.
+    deliver_event = deliver
+
+    def deliver_subscribed(self, channel: str, position: Position, recovered: bool, ref: Any = None) -> None:
+        """Where a subscription starts (a subscribe's answer, or the hub's `recovered: false`)."""
+        self.deliver(frames.subscribed(channel, position, recovered, ref))
+
+    def deliver_presence(self, kind: str, frame: str) -> None:
+        """A `join` or `leave` frame of a channel's presence."""
+        self.deliver(frame)
+
+    def ping(self) -> None:
+        self.deliver(frames.PING)
+
+    def can_replay(self, replayed: list[str]) -> bool:
+        """Whether replaying these frames stays within what may be queued beyond the bound."""
+        if self._replay_frames + len(replayed) > REPLAY_MAX_FRAMES:
             return False
         if self._proto is None:
-            size = sum(map(len, frames))
+            size = sum(map(len, replayed))
         else:  # the direct path counts wire bytes: UTF-8 plus the frame header
-            size = sum(len(f) if f.isascii() else len(f.encode()) for f in frames) + WIRE_HEADER_MAX * len(frames)
+            size = sum(len(f) if f.isascii() else len(f.encode()) for f in replayed) + WIRE_HEADER_MAX * len(replayed)
         return self._replay_bytes + size <= REPLAY_MAX_BYTES
 
     def close(self, code: int) -> None:

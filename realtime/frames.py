@@ -6,7 +6,8 @@ epoch are only known once history has stored the event, so the frame is kept as 
 `FrameTemplate` (`head` + offset + `,"epoch":"<epoch>"` + `tail`): history splices both in
 atomically when it stores the frame, and `render` does the same to produce the identical text.
 Epochs are hex strings, so they need no JSON escaping. The other frames are small JSON objects
-whose first key is `type` (the SSE transport reads the type from the text's start).
+whose first key is `type`. The hub hands frames to a connection by kind, with an event's
+channel and position (realtime/connection.py), so no transport reads a frame to learn them.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ if TYPE_CHECKING:  # history stores FrameTemplates: it imports this module
     from .history import Position
 
 PING = '{"type":"ping"}'
-EVENT_PREFIX = '{"type":"event"'
-SUBSCRIBED_PREFIX = '{"type":"subscribed"'
+SSE_PING = ": ping\n\n"  # an SSE comment: clients ignore it, proxies see traffic
 
 
 def reply(kind: str, ref: Any = None, **fields: Any) -> str:
@@ -32,8 +32,19 @@ def reply(kind: str, ref: Any = None, **fields: Any) -> str:
     return dumps(frame)
 
 
-def error(code: str, message: str, ref: Any = None) -> str:
-    return reply("error", ref, code=str(code), message=message)
+def error(code: str, message: str, ref: Any = None, **fields: Any) -> str:
+    return reply("error", ref, code=str(code), message=message, **fields)
+
+
+def sse_message(kind: str, data: str, event_id: str | None = None) -> str:
+    """One Server-Sent Events message: `event: <kind>`, a frame's text as its `data`."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {kind}\ndata: {data}\n\n"
+
+
+def presence(kind: str, channel: str, user: str) -> str:
+    """`join` or `leave` (`kind`): a user's first connection came to a channel, or its last left."""
+    return reply(kind, channel=channel, user=user)
 
 
 def closed(code: int) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 from channels.layers import BaseChannelLayer
 
-from . import broker, frames, metrics
+from . import broker, metrics
 from .channels import group_of
 from .codes import CloseCode
 from .conf import notifier_settings
@@ -66,6 +66,7 @@ class HubStats:
 
 @dataclass
 class _Channel:
+    channel: str
     subscribers: set[Connection] = field(default_factory=set)
     joined: asyncio.Future[None] | None = None
     pending: int = 0  # subscribes under way
@@ -83,7 +84,7 @@ class Subscription:
     """What a subscribe found: the position the socket starts from and what it replays."""
 
     position: Position
-    replay: list[str]
+    replay: list[tuple[int, str]]  # (offset, frame), in the position's epoch
     recovered: bool
 
 
@@ -132,7 +133,7 @@ class Hub:
         called at that moment, before the replayed events and any live one reach the socket.
         """
         await self._ensure_started()
-        state = self._channels.setdefault(channel, _Channel())
+        state = self._channels.get(channel) or self._channels.setdefault(channel, _Channel(channel))
         conn.subscriptions.add(channel)
         state.pending += 1
         try:
@@ -143,14 +144,15 @@ class Hub:
                 if conn.closed:  # the socket went away while we waited on Redis
                     conn.subscriptions.discard(channel)
                 else:
-                    if result.replay and not conn.can_replay(result.replay):
+                    if result.replay and not conn.can_replay([frame for _, frame in result.replay]):
                         # More than the socket may queue: sending it would only get the socket
                         # closed as too slow, and the client would come back for it again.
                         logger.info("%s: replay of %d events too large for %s", channel, len(result.replay), conn.id)
                         result = Subscription(result.position, [], False)
                     announce(result)
-                    for frame in result.replay:
-                        conn.deliver(frame, replay=True)
+                    epoch = result.position.epoch
+                    for offset, frame in result.replay:
+                        conn.deliver_event(frame, True, channel, offset, epoch)
                     state.subscribers.add(conn)
             return result
         except BaseException:
@@ -196,10 +198,10 @@ class Hub:
                 return Subscription(_position(state), [], False)
             if state.last == before:
                 raise ConnectionError(f"{channel}: history could not be read to catch up")
-        replay: list[str] = []
+        replay: list[tuple[int, str]] = []
         after = since.offset
         while True:
-            replay.extend(frame for offset, frame in read.frames if offset <= state.last)
+            replay.extend((offset, frame) for offset, frame in read.frames if offset <= state.last)
             fetched = read.frames[-1][0] if read.frames else after
             if fetched >= state.last:
                 return Subscription(_position(state), replay, True)
@@ -357,8 +359,9 @@ class Hub:
         """Join/leave frames have no offset: hand them to local subscribers as they come."""
         state = self._channels.get(message["channel"])
         if state is not None:
+            kind = broker.presence_kind(message)
             for conn in state.subscribers:
-                conn.deliver(message["frame"])
+                conn.deliver_presence(kind, message["frame"])
 
     def _deliver_run(self, state: _Channel, first: int, frames: list[str], replay: bool = False) -> None:
         """Hand frames with offsets first, first + 1, ... (first <= last + 1) to every local
@@ -370,11 +373,13 @@ class Hub:
         frames = frames[skipped:]
         if not frames:
             return
+        channel, epoch, offset = state.channel, state.epoch or "", state.last
         state.last += len(frames)
         subscribers = state.subscribers
         for frame in frames:  # frame by frame: each is turned into WebSocket bytes once
+            offset += 1
             for conn in subscribers:
-                conn.deliver(frame, replay)
+                conn.deliver_event(frame, replay, channel, offset, epoch)
         self.stats.delivered += len(subscribers) * len(frames)
 
     def _release_held(self, state: _Channel) -> None:
@@ -466,9 +471,9 @@ class Hub:
         if not state.subscribers:
             return
         self.stats.resyncs += 1
-        frame = frames.subscribed(channel, _position(state), False)
+        position = _position(state)
         for conn in state.subscribers:
-            conn.deliver(frame)
+            conn.deliver_subscribed(channel, position, False)
 
     async def _position_loop(self) -> None:
         while True:
@@ -519,7 +524,7 @@ class Hub:
             elif conn.auth_deadline is not None and time.monotonic() > conn.auth_deadline:
                 conn.close(CloseCode.FORBIDDEN)
             else:
-                conn.deliver(frames.PING)
+                conn.ping()
 
     async def _presence_loop(self) -> None:
         """Keep this process's presence and per-user connection entries from expiring."""

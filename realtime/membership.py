@@ -13,7 +13,7 @@ import logging
 
 from redis.exceptions import RedisError
 
-from . import broker, frames, metrics
+from . import broker, metrics
 from .channels import policy_of
 from .conf import notifier_settings
 from .connection import Connection
@@ -31,7 +31,7 @@ async def join(conn: Connection, channel: str) -> None:
     conn.presence_channels.add(channel)
     first = await get_presence().join(channel, user, conn.id)
     if first and user and policy.presence_events:
-        await broker.send_presence(channel, frames.reply("join", channel=channel, user=user))
+        await broker.send_presence(channel, "join", user)
 
 
 async def leave(conn: Connection, channel: str) -> None:
@@ -60,7 +60,7 @@ async def _announce_leave(channel: str, user: str) -> None:
     await asyncio.sleep(notifier_settings.PRESENCE_LEAVE_DELAY_SECS)
     try:
         if await get_presence().user_gone(channel, user):
-            await broker.send_presence(channel, frames.reply("leave", channel=channel, user=user))
+            await broker.send_presence(channel, "leave", user)
     except (RedisError, OSError) as exc:
         logger.warning("presence leave for %s failed: %s", channel, exc)
         metrics.inc("notifier_redis_errors", operation="presence")
