@@ -17,8 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections, transaction
@@ -37,8 +36,7 @@ logger = logging.getLogger(__name__)
 KEY_CACHE_SECS = 5.0
 
 
-@dataclass(frozen=True)
-class Checked:
+class Checked(NamedTuple):
     """A request's key (None: unknown or revoked) and its rate window, this request counted."""
 
     key: ApiKey | None

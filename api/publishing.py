@@ -14,8 +14,7 @@ api/exceptions.py: `{"code", "message", "details"}` with DRF's status and header
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from rest_framework import exceptions
 
@@ -29,8 +28,7 @@ from .models import ApiKey
 from .permissions import check_key_channels
 
 
-@dataclass(frozen=True)
-class NotifyCall:
+class NotifyCall(NamedTuple):
     """One publish request, as a door hands it over."""
 
     batch: bool

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from django.core.exceptions import ImproperlyConfigured
 from redis.exceptions import RedisError
@@ -43,8 +43,7 @@ def generation_key() -> str:
     return f"{notifier_settings.REDIS_PREFIX}:apikeys:generation"
 
 
-@dataclass(frozen=True)
-class Window:
+class Window(NamedTuple):
     """How much of its current rate window a key has used, this request included."""
 
     used: int
@@ -56,8 +55,7 @@ class Window:
         return self.used > self.limit
 
 
-@dataclass(frozen=True)
-class Counted:
+class Counted(NamedTuple):
     window: Window
     generation: bytes | None  # the API-key generation read in the same round trip (Redis mode)
 

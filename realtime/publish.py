@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
@@ -249,8 +249,7 @@ def _append_item(channel: str, template: FrameTemplate) -> Append:
     return Append(channel, template, size, ttl_secs)
 
 
-@dataclass(frozen=True)
-class PublishRequest:
+class PublishRequest(NamedTuple):
     """One event of `apublish_many`: the arguments of `apublish`."""
 
     channels: Sequence[str]
