@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from .support import RedisServer, Server, manage, postgres_database_settings, service_env
+from .support import (
+    RedisServer,
+    Server,
+    create_postgres_database,
+    drop_postgres_database,
+    manage,
+    postgres_database_settings,
+    service_env,
+)
 from .wsclient import Client
 
 
@@ -38,21 +46,23 @@ def redis_server(workdir: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="session")
-def service_db(workdir: Path) -> Path:
-    """A migrated SQLite database shared by the server processes of this session."""
-    db = workdir / "service.sqlite3"
-    manage(service_env(None, db), "migrate", "--verbosity", "0")
-    return db
+def service_db() -> Iterator[str]:
+    """A migrated PostgreSQL database shared by the server processes of this session (its
+    DATABASE_URL): their state lives where production's does."""
+    url = create_postgres_database(f"notifier_service_{os.getpid()}")
+    manage(service_env(None, url), "migrate", "--verbosity", "0")
+    yield url
+    drop_postgres_database(url)
 
 
 @pytest.fixture(scope="session")
-def api_key(service_db: Path) -> str:
+def api_key(service_db: str) -> str:
     out = manage(service_env(None, service_db), "create_api_key", "integration-tests")
     return out.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
-def servers(redis_server: RedisServer, service_db: Path, workdir: Path) -> Iterator[tuple[Server, Server]]:
+def servers(redis_server: RedisServer, service_db: str, workdir: Path) -> Iterator[tuple[Server, Server]]:
     """Two Daphne processes sharing the session's Redis (one pair per test module)."""
     env = service_env(redis_server.url, service_db)
     first, second = Server(env, workdir), Server(env, workdir)

@@ -204,12 +204,45 @@ def postgres_database_settings(name: str) -> dict[str, Any]:
     return config
 
 
-def service_env(redis_url: str | None, db_path: Path, **extra: str) -> dict[str, str]:
+def create_postgres_database(name: str) -> str:
+    """A new, empty PostgreSQL database `name` (dropped first if a crashed run left it) for the
+    server processes tests start; its DATABASE_URL."""
+    import psycopg
+    from psycopg import sql
+
+    config = postgres_database_settings(name)
+    connect = {"dbname": "postgres", "user": config.get("USER") or None, "password": config.get("PASSWORD") or None}
+    connect |= {"host": config.get("HOST") or None, "port": config.get("PORT") or None}
+    with psycopg.connect(**connect, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    credentials = config.get("USER") or ""
+    if credentials and config.get("PASSWORD"):
+        credentials += f":{config['PASSWORD']}"
+    at = f"{credentials}@" if credentials else ""
+    where = f"{config.get('HOST') or ''}{':' + str(config['PORT']) if config.get('PORT') else ''}"
+    return f"postgres://{at}{where}/{name}"
+
+
+def drop_postgres_database(url: str) -> None:
+    import dj_database_url
+    import psycopg
+    from psycopg import sql
+
+    config = dj_database_url.parse(url)
+    connect = {"dbname": "postgres", "user": config.get("USER") or None, "password": config.get("PASSWORD") or None}
+    connect |= {"host": config.get("HOST") or None, "port": config.get("PORT") or None}
+    with psycopg.connect(**connect, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(config["NAME"])))
+
+
+def service_env(redis_url: str | None, db: Path | str, **extra: str) -> dict[str, str]:
+    """The environment of a server process: `db` is a DATABASE_URL, or an SQLite file."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "DATABASE_", "NOTIFIER_", "DJANGO_"))}
     env.update(
         DJANGO_SETTINGS_MODULE="notifier.settings",
         DJANGO_SECRET_KEY="test-secret-key-for-integration-tests-only",
-        DATABASE_URL=f"sqlite:///{db_path}",
+        DATABASE_URL=db if isinstance(db, str) else f"sqlite:///{db}",
         PYTHONUNBUFFERED="1",
     )
     if redis_url:

@@ -152,7 +152,7 @@ def admin_session(server: Server, env: dict[str, str]) -> httpx.Client:
 
 @pytest.mark.integration
 async def test_live_data_shows_the_last_events_across_processes(
-    redis_server: RedisServer, service_db: Path, workdir: Path, api_key: str
+    redis_server: RedisServer, service_db: str, workdir: Path, api_key: str
 ) -> None:
     env = service_env(redis_server.url, service_db, NOTIFIER_REDIS_PREFIX=f"a{uuid.uuid4().hex[:6]}")
     first, second = Server(env, workdir, kind="uvicorn"), Server(env, workdir, kind="uvicorn")
@@ -187,7 +187,7 @@ async def test_live_data_shows_the_last_events_across_processes(
 
 
 @pytest.mark.integration
-async def test_live_view_shows_redis_errors_instead_of_failing(service_db: Path, workdir: Path, tmp_path: Path) -> None:
+async def test_live_view_shows_redis_errors_instead_of_failing(service_db: str, workdir: Path, tmp_path: Path) -> None:
     redis_server = RedisServer(tmp_path)
     env = service_env(redis_server.url, service_db)
     server = Server(env, workdir, kind="uvicorn")

@@ -37,7 +37,7 @@ print(json.dumps({"sent": count}))
 
 
 @pytest.fixture(scope="module")
-def stack(redis_server: RedisServer, service_db: Path, workdir: Path) -> Iterator[tuple[Server, Worker]]:
+def stack(redis_server: RedisServer, service_db: str, workdir: Path) -> Iterator[tuple[Server, Worker]]:
     env = service_env(redis_server.url, service_db)
     server, worker = Server(env, workdir), Worker(env, workdir)
     yield server, worker

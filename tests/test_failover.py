@@ -217,7 +217,7 @@ class SentinelSetup:
 
 
 @pytest.fixture
-def sentinel_setup(service_db: Path, workdir: Path, request: pytest.FixtureRequest) -> Iterator[SentinelSetup]:
+def sentinel_setup(service_db: str, workdir: Path, request: pytest.FixtureRequest) -> Iterator[SentinelSetup]:
     """A master, one replica, three Sentinels (quorum 2) and two Uvicorn servers reaching Redis
     through them. `request.param`: extra environment for the servers."""
     extra: dict[str, str] = getattr(request, "param", {})
@@ -366,7 +366,7 @@ async def test_with_replica_acks_nothing_acknowledged_is_lost_at_a_failover(
 
 
 async def test_a_restore_of_an_older_dump_moves_the_channel_to_a_new_epoch(
-    service_db: Path, workdir: Path, api_key: str, tmp_path: Path
+    service_db: str, workdir: Path, api_key: str, tmp_path: Path
 ) -> None:
     redis_server = RedisServer(tmp_path)
     env = service_env(redis_server.url, service_db)

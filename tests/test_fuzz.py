@@ -42,7 +42,7 @@ HTTP_CODES = {202, 400, 401, 403, 413, 429}
 
 
 @pytest.fixture(scope="module")
-def server(redis_server: RedisServer, service_db: Path, workdir: Path) -> Iterator[Server]:
+def server(redis_server: RedisServer, service_db: str, workdir: Path) -> Iterator[Server]:
     env = service_env(
         redis_server.url,
         service_db,

@@ -18,7 +18,7 @@ SECRET = "logs-suite-secret-long-enough-for-hs256-signing"
 
 
 async def test_json_logs_carry_connection_ids_and_never_secrets(
-    redis_server: RedisServer, service_db: Path, workdir: Path, api_key: str
+    redis_server: RedisServer, service_db: str, workdir: Path, api_key: str
 ) -> None:
     env = service_env(redis_server.url, service_db, NOTIFIER_LOG_FORMAT="json", NOTIFIER_JWT_SECRET=SECRET)
     server = Server(env, workdir, kind="uvicorn")

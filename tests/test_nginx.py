@@ -47,7 +47,7 @@ http {{
 
 
 @pytest.fixture(scope="module")
-def proxy(redis_server: RedisServer, service_db: Path, workdir: Path) -> Iterator[tuple[str, list[Server], Path]]:
+def proxy(redis_server: RedisServer, service_db: str, workdir: Path) -> Iterator[tuple[str, list[Server], Path]]:
     binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if binary is None:
         pytest.fail("nginx is not installed: `apt-get install nginx` (bash .ci/run does it)", pytrace=False)

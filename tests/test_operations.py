@@ -84,7 +84,7 @@ def sample(text: str, name: str) -> float:
     return 0.0
 
 
-async def test_readyz_follows_redis(service_db: Path, workdir: Path, tmp_path: Path) -> None:
+async def test_readyz_follows_redis(service_db: str, workdir: Path, tmp_path: Path) -> None:
     redis_server = RedisServer(tmp_path)
     server = Server(service_env(redis_server.url, service_db), workdir)
     try:
@@ -114,7 +114,7 @@ async def test_readyz_follows_redis(service_db: Path, workdir: Path, tmp_path: P
 
 
 async def test_metrics_count_across_processes(
-    redis_server: RedisServer, service_db: Path, workdir: Path, api_key: str
+    redis_server: RedisServer, service_db: str, workdir: Path, api_key: str
 ) -> None:
     env = service_env(
         redis_server.url,
@@ -172,7 +172,7 @@ def test_the_systemd_unit_runs_uvicorn_as_the_procfile_does() -> None:
 
 
 async def test_health_endpoints_answer_on_loopback_whatever_allowed_hosts_say(
-    service_db: Path, workdir: Path, tmp_path: Path
+    service_db: str, workdir: Path, tmp_path: Path
 ) -> None:
     """docs/deploy.md probes 127.0.0.1:<port>; DJANGO_ALLOWED_HOSTS lists the public name only."""
     redis_server = RedisServer(tmp_path)
@@ -203,7 +203,7 @@ async def test_health_endpoints_answer_on_loopback_whatever_allowed_hosts_say(
         redis_server.stop()
 
 
-async def test_readyz_leaves_no_redis_subscription_behind(service_db: Path, workdir: Path, tmp_path: Path) -> None:
+async def test_readyz_leaves_no_redis_subscription_behind(service_db: str, workdir: Path, tmp_path: Path) -> None:
     redis_server = RedisServer(tmp_path)
     server = Server(service_env(redis_server.url, service_db), workdir, kind="uvicorn")
 
@@ -228,7 +228,7 @@ async def test_readyz_leaves_no_redis_subscription_behind(service_db: Path, work
 
 
 async def test_readyz_reports_an_unknown_policy_when_config_is_refused(
-    service_db: Path, workdir: Path, tmp_path: Path
+    service_db: str, workdir: Path, tmp_path: Path
 ) -> None:
     """Managed Redis services refuse CONFIG: the policy is reported unknown, and the process
     stays ready (docs/operations.md)."""
@@ -247,7 +247,7 @@ async def test_readyz_reports_an_unknown_policy_when_config_is_refused(
 
 
 async def test_redis_errors_in_the_hub_are_counted(
-    service_db: Path, workdir: Path, tmp_path: Path, api_key: str
+    service_db: str, workdir: Path, tmp_path: Path, api_key: str
 ) -> None:
     redis_server = RedisServer(tmp_path)
     env = service_env(redis_server.url, service_db, NOTIFIER_REDIS_PREFIX=f"e{uuid.uuid4().hex[:6]}")
@@ -273,7 +273,7 @@ async def test_redis_errors_in_the_hub_are_counted(
 
 
 async def test_uvicorn_refuses_huge_frames_before_buffering_them(
-    redis_server: RedisServer, service_db: Path, workdir: Path
+    redis_server: RedisServer, service_db: str, workdir: Path
 ) -> None:
     """--ws-max-size: a frame a little over NOTIFIER_MAX_FRAME_BYTES gets the protocol's error
     frame; one far over it (under Uvicorn's 16 MiB default) is refused by Uvicorn with 1009."""

@@ -42,7 +42,7 @@ def presence(server: Server, key: str, channel: str) -> dict[str, Any]:
 
 
 async def test_presence_spans_processes_and_outlives_a_killed_one(
-    redis_server: RedisServer, service_db: Path, workdir: Path, api_key: str
+    redis_server: RedisServer, service_db: str, workdir: Path, api_key: str
 ) -> None:
     env = service_env(redis_server.url, service_db, **ENV)
     first, second = Server(env, workdir), Server(env, workdir)
@@ -70,7 +70,7 @@ async def test_presence_spans_processes_and_outlives_a_killed_one(
 
 
 async def test_join_and_leave_are_debounced_across_a_page_refresh(
-    redis_server: RedisServer, service_db: Path, workdir: Path, api_key: str
+    redis_server: RedisServer, service_db: str, workdir: Path, api_key: str
 ) -> None:
     env = service_env(redis_server.url, service_db, **ENV)
     first, second = Server(env, workdir), Server(env, workdir)
@@ -101,7 +101,7 @@ async def test_join_and_leave_are_debounced_across_a_page_refresh(
 
 
 async def test_an_sse_stream_joins_and_leaves_presence_as_a_websocket_does(
-    redis_server: RedisServer, service_db: Path, workdir: Path, api_key: str
+    redis_server: RedisServer, service_db: str, workdir: Path, api_key: str
 ) -> None:
     env = service_env(redis_server.url, service_db, **ENV)
     server = Server(env, workdir, kind="uvicorn")

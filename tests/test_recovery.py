@@ -144,7 +144,7 @@ async def test_events_whose_live_message_was_lost_are_still_delivered(
 
 
 async def test_node_loss_clients_move_to_the_other_process_and_lose_nothing(
-    redis_server: RedisServer, service_db: Path, workdir: Path, api_key: str
+    redis_server: RedisServer, service_db: str, workdir: Path, api_key: str
 ) -> None:
     env = service_env(redis_server.url, service_db)
     doomed, survivor = Server(env, workdir), Server(env, workdir)
@@ -177,7 +177,7 @@ async def test_node_loss_clients_move_to_the_other_process_and_lose_nothing(
 
 
 async def test_lost_history_is_reported_as_not_recovered(
-    service_db: Path, workdir: Path, api_key: str, tmp_path: Path
+    service_db: str, workdir: Path, api_key: str, tmp_path: Path
 ) -> None:
     redis_server = RedisServer(tmp_path)
     server = Server(service_env(redis_server.url, service_db), workdir)
@@ -205,7 +205,7 @@ async def test_lost_history_is_reported_as_not_recovered(
 
 
 async def test_a_client_that_stops_reading_is_closed_and_memory_stays_bounded(
-    servers: tuple[Server, Server], redis_server: RedisServer, service_db: Path, workdir: Path, api_key: str
+    servers: tuple[Server, Server], redis_server: RedisServer, service_db: str, workdir: Path, api_key: str
 ) -> None:
     # The sockets live on a Uvicorn process (it has flow control; Daphne does not, see docs/operations.md);
     # events are published through another process, so this one's memory is only fan-out.
@@ -253,7 +253,7 @@ async def test_a_client_that_stops_reading_is_closed_and_memory_stays_bounded(
 
 
 async def test_a_replay_larger_than_the_outbox_arrives_whole_on_daphne(
-    redis_server: RedisServer, service_db: Path, workdir: Path, api_key: str
+    redis_server: RedisServer, service_db: str, workdir: Path, api_key: str
 ) -> None:
     # Daphne (the embedded default) writes through ASGI `send`, so a subscribe's replay sits in
     # the socket's outbox all at once: more than its 1,000-frame bound must not close it as

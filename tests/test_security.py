@@ -39,14 +39,14 @@ LIMITS = {
 
 
 @pytest.fixture(scope="module")
-def server(redis_server: RedisServer, service_db: Path, workdir: Path) -> Iterator[Server]:
+def server(redis_server: RedisServer, service_db: str, workdir: Path) -> Iterator[Server]:
     proc = Server(service_env(redis_server.url, service_db, **LIMITS), workdir)
     yield proc
     proc.stop()
 
 
 @pytest.fixture(scope="module")
-def closed_server(redis_server: RedisServer, service_db: Path, workdir: Path) -> Iterator[Server]:
+def closed_server(redis_server: RedisServer, service_db: str, workdir: Path) -> Iterator[Server]:
     """A second server with anonymous connections off (the one extra server of this module)."""
     env = service_env(
         redis_server.url,
@@ -143,7 +143,7 @@ async def test_bad_tokens_are_refused_with_the_documented_close_code(
     assert await closed_with(server.ws, {"op": "auth", "token": bad_token()}) == code, label
 
 
-async def test_session_cookie_authenticates(server: Server, service_db: Path) -> None:
+async def test_session_cookie_authenticates(server: Server, service_db: str) -> None:
     script = (
         "from django.contrib.auth.models import User; from django.contrib.sessions.backends.db import SessionStore; "
         f"u = User.objects.create_user('{unique('alice')}'); s = SessionStore(); "
@@ -389,11 +389,11 @@ async def test_a_frame_flood_is_refused_then_closed_as_abuse(server: Server) -> 
 # -- API keys: scopes, patterns, rate, tokens --------------------------------------------------
 
 
-def make_key(service_db: Path, *args: str) -> str:
+def make_key(service_db: str, *args: str) -> str:
     return manage(service_env(None, service_db), "create_api_key", unique("k"), *args).strip().splitlines()[-1]
 
 
-def test_key_scopes_and_channel_patterns(server: Server, service_db: Path) -> None:
+def test_key_scopes_and_channel_patterns(server: Server, service_db: str) -> None:
     orders_only = make_key(service_db, "--scope", "publish", "--channels", "orders.*")
     url = f"{server.http}/api/notify"
     assert post_json(url, {"channel": "orders.eu", "event": "x"}, orders_only)[0] == 202
@@ -410,7 +410,7 @@ def test_key_scopes_and_channel_patterns(server: Server, service_db: Path) -> No
     assert post_json(url, {"channel": "orders.eu", "event": "x"}, reader)[0] == 403
 
 
-def test_publish_rate_per_key_answers_429_with_retry_after(server: Server, service_db: Path) -> None:
+def test_publish_rate_per_key_answers_429_with_retry_after(server: Server, service_db: str) -> None:
     import urllib.error
     import urllib.request
 
@@ -429,7 +429,7 @@ def test_publish_rate_per_key_answers_429_with_retry_after(server: Server, servi
     assert int(refused.value.headers["Retry-After"]) >= 0
 
 
-async def test_tokens_minted_by_the_api_work_and_respect_the_key(server: Server, service_db: Path) -> None:
+async def test_tokens_minted_by_the_api_work_and_respect_the_key(server: Server, service_db: str) -> None:
     key = make_key(service_db, "--scope", "tokens", "--channels", "private:team-1*", "--channels", "user:*")
     status, minted = post_json(f"{server.http}/api/tokens", {"user": "77", "channels": ["private:team-1"]}, key)
     assert status == 201 and minted["expires_at"] > time.time()
@@ -448,7 +448,7 @@ async def test_tokens_minted_by_the_api_work_and_respect_the_key(server: Server,
 
 
 async def test_a_minted_token_needs_the_key_to_cover_the_users_personal_channel(
-    server: Server, service_db: Path
+    server: Server, service_db: str
 ) -> None:
     url, user = f"{server.http}/api/tokens", unique("m")
     orders = make_key(service_db, "--scope", "tokens", "--channels", "orders.*")
@@ -473,7 +473,7 @@ async def test_a_minted_token_needs_the_key_to_cover_the_users_personal_channel(
 
 
 async def test_a_minted_token_grants_a_pattern_only_if_the_key_has_that_pattern(
-    server: Server, service_db: Path, api_key: str
+    server: Server, service_db: str, api_key: str
 ) -> None:
     url, user = f"{server.http}/api/tokens", unique("g")
     key = make_key(service_db, "--scope", "tokens", "--channels", "private:team-?", "--channels", "user:*")

@@ -43,7 +43,7 @@ print("sent")
 
 
 def sentinel_env(
-    sentinel: SentinelServer, service_db: Path, password: str = "", sentinel_password: str = ""
+    sentinel: SentinelServer, service_db: str, password: str = "", sentinel_password: str = ""
 ) -> dict[str, str]:
     auth = f":{password}@" if password else ""
     env = service_env(
@@ -76,7 +76,7 @@ def master_and_sentinel(workdir: Path) -> Iterator[tuple[RedisServer, SentinelSe
 
 
 async def test_every_redis_user_goes_through_the_sentinel(
-    master_and_sentinel: tuple[RedisServer, SentinelServer], service_db: Path, workdir: Path, api_key: str
+    master_and_sentinel: tuple[RedisServer, SentinelServer], service_db: str, workdir: Path, api_key: str
 ) -> None:
     master, sentinel = master_and_sentinel
     env = sentinel_env(sentinel, service_db, MASTER_PASSWORD, SENTINEL_PASSWORD)
@@ -129,7 +129,7 @@ async def test_every_redis_user_goes_through_the_sentinel(
 
 
 async def test_a_subscriber_keeps_receiving_after_the_master_dies_and_sentinel_fails_over(
-    service_db: Path, workdir: Path, api_key: str
+    service_db: str, workdir: Path, api_key: str
 ) -> None:
     master, replica = RedisServer(workdir), RedisServer(workdir)
     sentinel: SentinelServer | None = None

@@ -47,7 +47,7 @@ async def test_post_reaches_every_subscriber_and_no_one_else(servers: tuple[Serv
     await check_post_reaches_every_subscriber_and_no_one_else(servers[0], api_key)
 
 
-async def test_the_readme_flow_on_the_embedded_server(service_db: Path, workdir: Path, api_key: str) -> None:
+async def test_the_readme_flow_on_the_embedded_server(service_db: str, workdir: Path, api_key: str) -> None:
     """`make run`'s server (no REDIS_URL): POST over HTTP reaches the socket through the in-process layer."""
     server = Server(service_env(None, service_db), workdir)
     try:
@@ -123,7 +123,7 @@ async def test_bad_http_input_gets_documented_errors_and_others_keep_receiving(
 
 
 async def test_api_keys_missing_unknown_and_revoked(
-    servers: tuple[Server, Server], service_db: Path, redis_server: RedisServer
+    servers: tuple[Server, Server], service_db: str, redis_server: RedisServer
 ) -> None:
     url = f"{servers[0].http}/api/notify"
     body = {"channel": "news", "event": "x"}
@@ -150,7 +150,7 @@ REVOKE = "from api.models import ApiKey; [k.revoke() for k in ApiKey.objects.fil
 
 
 async def test_a_key_revoked_without_redis_is_refused_within_the_cache_lifetime(
-    servers: tuple[Server, Server], service_db: Path
+    servers: tuple[Server, Server], service_db: str
 ) -> None:
     from api.keys import KEY_CACHE_SECS
 
@@ -237,7 +237,7 @@ async def test_origin_validation(servers: tuple[Server, Server]) -> None:
 
 
 async def test_redis_outage_answers_503_then_recovers(
-    service_db: Path, workdir: Path, api_key: str, tmp_path: Path
+    service_db: str, workdir: Path, api_key: str, tmp_path: Path
 ) -> None:
     redis_server = RedisServer(tmp_path)
     server = Server(service_env(redis_server.url, service_db), workdir)

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.parametrize("kind", ["uvicorn", "daphne"])
 async def test_sigterm_closes_with_4000_and_clients_recover_elsewhere(
-    redis_server: RedisServer, service_db: Path, workdir: Path, api_key: str, kind: str
+    redis_server: RedisServer, service_db: str, workdir: Path, api_key: str, kind: str
 ) -> None:
     env = service_env(redis_server.url, service_db)
     leaving, staying = Server(env, workdir, kind=kind), Server(env, workdir, kind="uvicorn")
@@ -79,7 +79,7 @@ def open_silent_websocket(port: int) -> socket.socket:
 
 
 async def test_readyz_answers_draining_once_sigterm_arrives(
-    redis_server: RedisServer, service_db: Path, workdir: Path
+    redis_server: RedisServer, service_db: str, workdir: Path
 ) -> None:
     server = ProcfileServer(service_env(redis_server.url, service_db), workdir)
     sock = open_silent_websocket(server.port)
@@ -99,7 +99,7 @@ async def test_readyz_answers_draining_once_sigterm_arrives(
 
 
 async def test_sigterm_flushes_the_last_metrics(
-    redis_server: RedisServer, service_db: Path, workdir: Path, api_key: str
+    redis_server: RedisServer, service_db: str, workdir: Path, api_key: str
 ) -> None:
     """Counts from the last second before SIGTERM reach Redis, and the leaving process's gauges
     go at once (processes flush only once a second otherwise)."""

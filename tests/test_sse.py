@@ -31,7 +31,7 @@ MAX_CONNECTIONS_PER_USER = 2
 
 
 @pytest.fixture(scope="module")
-def server(redis_server: RedisServer, service_db: Path, workdir: Path) -> Iterator[Server]:
+def server(redis_server: RedisServer, service_db: str, workdir: Path) -> Iterator[Server]:
     env = service_env(
         redis_server.url,
         service_db,
@@ -284,7 +284,7 @@ async def test_sse_streams_count_against_the_per_user_connection_limit(server: S
 
 
 async def test_sigterm_ends_open_streams_with_a_close_event_and_the_server_exits(
-    redis_server: RedisServer, service_db: Path, workdir: Path
+    redis_server: RedisServer, service_db: str, workdir: Path
 ) -> None:
     proc = Server(service_env(redis_server.url, service_db, NOTIFIER_JWT_SECRET=SECRET), workdir, kind="uvicorn")
     try:
