@@ -10,15 +10,19 @@ from .exceptions import InvalidApiKey
 from .models import ApiKey, hash_key
 
 
-class Publisher(AnonymousUser):
-    """The authenticated caller of the API: an API key, not a Django user."""
-
-    def __init__(self, key: ApiKey) -> None:
-        self.key = key
+class Caller(AnonymousUser):
+    """An authenticated caller that is not a Django user (DRF's `request.user`)."""
 
     @property
     def is_authenticated(self) -> bool:  # type: ignore[override]
         return True
+
+
+class Publisher(Caller):
+    """A backend: an API key."""
+
+    def __init__(self, key: ApiKey) -> None:
+        self.key = key
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):

@@ -7,6 +7,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db import DatabaseError
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -76,6 +77,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = from_publish_error(exc)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
+    if isinstance(exc, DatabaseError):
+        logger.warning("database error: %s: %s", type(exc).__name__, exc)
+        exc = ServiceUnavailable("the database is unavailable; retry")
     if isinstance(exc, RequestDataTooBig):
         exc = payload_too_large()
     # Imported here: rest_framework.views imports our authentication class at import time.

@@ -11,12 +11,14 @@ from django.db import models
 from django.utils import timezone
 
 KEY_PREFIX = "nk_"
-SCOPES = ("publish", "read", "tokens")  # publish events; read history/presence; mint tokens
+# publish events; read history/presence; mint tokens; act on a user's inbox (not by default)
+SCOPES = ("publish", "read", "tokens", "users")
+DEFAULT_SCOPES = ("publish", "read", "tokens")
 ALL_CHANNELS = ["*"]
 
 
 def default_scopes() -> list[str]:
-    return list(SCOPES)
+    return list(DEFAULT_SCOPES)
 
 
 def default_channels() -> list[str]:

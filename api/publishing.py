@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from rest_framework import exceptions
 
 from realtime.conf import notifier_settings
-from realtime.notify import BatchRequestSerializer, validated_notify
+from realtime.notify import BatchRequestSerializer, publish_request, validated_notify
 from realtime.publish import PublishError, PublishRequest, PublishResult, Unavailable, apublish, apublish_many
 
 from . import rates
@@ -65,13 +65,7 @@ async def answer(call: NotifyCall) -> dict[str, Any]:
 async def notify(key: ApiKey, publisher: str, body: Any) -> dict[str, Any]:
     """Publish one event for `key`: `{"id", "channels"}`."""
     request = _request(key, publisher, body)
-    result = await apublish(
-        request.channels,
-        request.event,
-        request.data,
-        idempotency_key=request.idempotency_key,
-        publisher=request.publisher,
-    )
+    result = await apublish(request.channels, request.event, request.data, **request.options())
     return result.as_dict()
 
 
@@ -105,10 +99,4 @@ def _request(key: ApiKey, publisher: str, body: Any) -> PublishRequest:
     """One event's body, validated and checked against the key's channel patterns."""
     attrs = validated_notify(body)
     check_key_channels(key, attrs["targets"])
-    return PublishRequest(
-        attrs["targets"],
-        attrs["event"],
-        attrs.get("data"),
-        idempotency_key=attrs.get("idempotency_key"),
-        publisher=publisher,
-    )
+    return publish_request(attrs, publisher)

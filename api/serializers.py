@@ -19,6 +19,9 @@ class PositionSerializer(serializers.Serializer):
 class NotifyResponseSerializer(serializers.Serializer):
     id = serializers.CharField()
     channels = serializers.DictField(child=PositionSerializer())
+    inbox = serializers.DictField(
+        child=serializers.CharField(), required=False, help_text="user -> stored notification id"
+    )
 
 
 MAX_TOKEN_LIFETIME_SECS = 7 * 24 * 3600
@@ -77,3 +80,45 @@ class BatchResultSerializer(serializers.Serializer):
 
 class HealthSerializer(serializers.Serializer):
     status = serializers.CharField()
+
+
+class InboxCountsSerializer(serializers.Serializer):
+    unread = serializers.IntegerField()
+    unseen = serializers.IntegerField()
+    total = serializers.IntegerField()
+
+
+class NotificationSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    event = serializers.CharField()
+    data = serializers.JSONField(allow_null=True)  # type: ignore[assignment]
+    category = serializers.CharField(allow_null=True)
+    channel = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    read_at = serializers.DateTimeField(allow_null=True)
+    seen_at = serializers.DateTimeField(allow_null=True)
+    archived_at = serializers.DateTimeField(allow_null=True)
+
+
+class InboxPageSerializer(serializers.Serializer):
+    notifications = NotificationSerializer(many=True)
+    next = serializers.CharField(allow_null=True)
+    counts = InboxCountsSerializer()
+
+
+class InboxMarkedSerializer(serializers.Serializer):
+    updated = serializers.IntegerField()
+    counts = InboxCountsSerializer()
+
+
+class InboxChoiceSerializer(serializers.Serializer):
+    inbox = serializers.BooleanField()
+    push = serializers.BooleanField()
+
+
+class InboxPreferencesSerializer(serializers.Serializer):
+    categories = serializers.DictField(child=InboxChoiceSerializer())
+
+
+class InboxErasedSerializer(serializers.Serializer):
+    deleted = serializers.IntegerField()

@@ -56,6 +56,9 @@ DEFAULTS: dict[str, Any] = {
     # not_replicated (stored on the master, delivered, but not acknowledged).
     "REPLICA_ACKS": 0,
     "REPLICA_ACK_TIMEOUT_MS": 500,
+    # Stored notifications per user (the oldest read or archived go first) and their age.
+    "INBOX_MAX_PER_USER": 1000,
+    "INBOX_TTL_DAYS": 90,
     # Namespace (the part of a channel name before ":") -> policy overrides; see
     # realtime.channels.NamespacePolicy. "" is the namespace of names without ":".
     # NOTIFIER_NAMESPACES: JSON {"namespace": {"public": bool, "client_publish": bool, ...}}.

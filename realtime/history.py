@@ -80,6 +80,10 @@ class History(Protocol):
 
     async def check(self, delivered: Sequence[tuple[str, Position]]) -> list[Position]: ...
 
+    async def erase(self, channel: str) -> None:
+        """Forget the channel's history: its next event starts a new epoch."""
+        ...
+
 
 class NotReplicated(Exception):
     """The frames are stored on the master, but fewer replicas than required acknowledged them
@@ -195,6 +199,9 @@ class RedisHistory:
     def _keys(self, channel: str) -> tuple[str, str]:
         base = f"{self._prefix}:h:{channel}"
         return f"{base}:meta", f"{base}:log"
+
+    async def erase(self, channel: str) -> None:
+        await get_redis().delete(*self._keys(channel))
 
     async def append(self, items: Sequence[Append]) -> list[Stored]:
         """One script call per channel, all in one round trip; a channel's items keep their order.
@@ -342,6 +349,9 @@ class MemoryHistory:
     async def check(self, delivered: Sequence[tuple[str, Position]]) -> list[Position]:
         """Process memory never goes backwards: the latest positions."""
         return await self.positions([channel for channel, _ in delivered])
+
+    async def erase(self, channel: str) -> None:
+        self._logs.pop(channel, None)
 
 
 _memory_history = MemoryHistory()

@@ -15,9 +15,10 @@ from rest_framework import serializers
 
 from .channels import InvalidChannel, personal_channel, policy_of, validate_channel
 from .conf import notifier_settings
-from .publish import MAX_EVENT_NAME_LENGTH, Targets
+from .publish import MAX_EVENT_NAME_LENGTH, PublishRequest, Targets
 
 USER_ID_RE = re.compile(r"[A-Za-z0-9_.\-@=]{1,64}")
+CATEGORY_RE = re.compile(r"[a-z0-9_.\-]{1,64}")
 MAX_IDEMPOTENCY_KEY_LENGTH = 128
 
 
@@ -60,6 +61,25 @@ class StrictCharField(serializers.CharField):
         return str(super().to_internal_value(data))
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """true or false, nothing DRF would coerce ("yes", 1)."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if type(data) is not bool:
+            raise serializers.ValidationError("must be true or false", code="invalid")
+        return data
+
+
+class CategoryField(serializers.CharField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(trim_whitespace=False, **kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str) or not CATEGORY_RE.fullmatch(data):
+            raise serializers.ValidationError("must be a category: 1-64 of a-z 0-9 _ . -", code="invalid")
+        return data
+
+
 class StrictObjectSerializer(serializers.Serializer):
     """Refuses a body that is not a JSON object, or that has fields we do not know (typos)."""
 
@@ -82,6 +102,8 @@ class NotifyRequestSerializer(StrictObjectSerializer):
     event = StrictCharField(max_length=MAX_EVENT_NAME_LENGTH)
     data = serializers.JSONField(required=False, allow_null=True, default=None)  # type: ignore[assignment]
     idempotency_key = StrictCharField(required=False, max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
+    inbox = StrictBooleanField(required=False, default=False)
+    category = CategoryField(required=False)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         targets: list[str] = []
@@ -101,6 +123,19 @@ class NotifyRequestSerializer(StrictObjectSerializer):
         return attrs
 
 
+def publish_request(attrs: dict[str, Any], publisher: str) -> PublishRequest:
+    """What `validated_notify`'s data asks `publish()` to do, for `publisher`."""
+    return PublishRequest(
+        attrs["targets"],
+        attrs["event"],
+        attrs.get("data"),
+        idempotency_key=attrs.get("idempotency_key"),
+        publisher=publisher,
+        inbox=attrs.get("inbox", False),
+        category=attrs.get("category"),
+    )
+
+
 def validated_notify(body: Any) -> dict[str, Any]:
     """One event's validated data (`targets` included); raises DRF's ValidationError."""
     attrs = quick_notify_attrs(body)
@@ -111,7 +146,9 @@ def validated_notify(body: Any) -> dict[str, Any]:
     return attrs
 
 
-_NOTIFY_FIELDS = frozenset(["channel", "channels", "user", "users", "event", "data", "idempotency_key"])
+_NOTIFY_FIELDS = frozenset(
+    ["channel", "channels", "user", "users", "event", "data", "idempotency_key", "inbox", "category"]
+)
 
 
 def quick_notify_attrs(body: Any) -> dict[str, Any] | None:
@@ -159,6 +196,13 @@ def quick_notify_attrs(body: Any) -> dict[str, Any] | None:
         if not _plain_text(body["idempotency_key"], MAX_IDEMPOTENCY_KEY_LENGTH):
             return None
         attrs["idempotency_key"] = body["idempotency_key"]
+    attrs["inbox"] = body.get("inbox", False)
+    if type(attrs["inbox"]) is not bool:
+        return None
+    if "category" in body:
+        if type(body["category"]) is not str or not CATEGORY_RE.fullmatch(body["category"]):
+            return None
+        attrs["category"] = body["category"]
     targets = list(dict.fromkeys(targets))
     if not targets or len(targets) > notifier_settings.MAX_CHANNELS_PER_PUBLISH:
         return None

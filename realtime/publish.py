@@ -17,12 +17,12 @@ from typing import Any, NamedTuple
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from redis.exceptions import RedisError
 
-from . import broker, history, idempotency, metrics
+from . import broker, history, idempotency, inbox, metrics
 from .bridge import run_sync
-from .channels import InvalidChannel, policy_of, validate_channel
+from .channels import InvalidChannel, name_in_namespace, personal_channel, policy_of, validate_channel
 from .conf import notifier_settings
 from .events import dumps, new_event_id, now
 from .frames import FrameTemplate, event_template
@@ -32,7 +32,11 @@ from .redis import Replicas, replicated_now
 logger = logging.getLogger(__name__)
 
 MAX_EVENT_NAME_LENGTH = 128
+INTERNAL = "internal"  # the publisher of Django code's own events
 SOURCES = {"celery", "client"}  # publisher names that are also metric sources; API keys are "key:<id>"
+# Events only notifier itself publishes (`inbox.changed`); publishers are refused them.
+RESERVED_EVENT_PREFIX = "inbox."
+INBOX_CHANGED = "inbox.changed"
 
 
 class PublishError(Exception):
@@ -98,13 +102,26 @@ class NotReplicated(StoredNotSent):
 class PublishResult:
     id: str
     channels: dict[str, Position]
+    inbox: dict[str, str] | None = None  # user -> stored notification id, for `inbox=True`
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "channels": {c: p.as_dict() for c, p in self.channels.items()}}
+        answer: dict[str, Any] = {"id": self.id, "channels": {c: p.as_dict() for c, p in self.channels.items()}}
+        if self.inbox is not None:
+            answer["inbox"] = self.inbox
+        return answer
 
     @classmethod
     def from_dict(cls, answer: dict[str, Any]) -> PublishResult:
-        return cls(answer["id"], {c: Position(p["offset"], p["epoch"]) for c, p in answer["channels"].items()})
+        channels = {c: Position(p["offset"], p["epoch"]) for c, p in answer["channels"].items()}
+        return cls(answer["id"], channels, answer.get("inbox"))
+
+
+class _Prepared(NamedTuple):
+    """One event ready to store: its id, its history entries, and its inbox rows."""
+
+    event_id: str
+    items: list[Append]
+    rows: list[inbox.Row]
 
 
 class Targets(list[str]):
@@ -148,9 +165,11 @@ def encode_data(data: Any) -> str:
     return encoded
 
 
-def check_event_name(event: Any) -> str:
+def check_event_name(event: Any, publisher: str = INTERNAL) -> str:
     if not isinstance(event, str) or not event or len(event) > MAX_EVENT_NAME_LENGTH:
         raise InvalidPublish(f"event must be a non-empty string of at most {MAX_EVENT_NAME_LENGTH} characters")
+    if event.startswith(RESERVED_EVENT_PREFIX) and publisher != INTERNAL:
+        raise InvalidPublish(f"event names starting with {RESERVED_EVENT_PREFIX!r} are reserved", {"event": event})
     return event
 
 
@@ -161,17 +180,20 @@ async def apublish(
     *,
     sender: str | None = None,
     idempotency_key: str | None = None,
-    publisher: str = "internal",
+    publisher: str = INTERNAL,
+    inbox: bool = False,
+    category: str | None = None,
 ) -> PublishResult:
     """Store and send one event to each channel; raises PublishError, never half-acknowledges.
 
     With an `idempotency_key`, a repeat from the same `publisher` within the window returns the
-    first answer and publishes nothing.
+    first answer and publishes nothing. With `inbox`, each targeted user (`user:<id>`) also gets
+    the event stored as a notification (in `category`), committed before the event is sent.
     """
     started = time.perf_counter()
-    event_id, items = _prepare(channels, event, data, sender)
+    prepared = _prepare(channels, event, data, sender, publisher, inbox, category)
     if idempotency_key is None:
-        (result,) = await _store_and_send([(event_id, items)])
+        (result,) = await _store_and_send([prepared])
         _count_publish(publisher, started)
         return result
     store, key = idempotency.get_store(), idempotency.store_key(publisher, idempotency_key)
@@ -185,7 +207,7 @@ async def apublish(
         return await _answer_again(store, key, claimed.answer)
     stored: list[PublishResult] = []
     try:
-        (result,) = await _store_and_send([(event_id, items)], stored)
+        (result,) = await _store_and_send([prepared], stored)
     except BaseException:
         if stored:  # in history, so delivered: a retry must get this answer, not publish again
             # With replica acks, only a completed publish is known to be replicated: a retry of
@@ -232,14 +254,38 @@ def _count_publish(publisher: str, started: float) -> None:
     metrics.observe_publish(time.perf_counter() - started)
 
 
-def _prepare(channels: Sequence[str], event: str, data: Any, sender: str | None) -> tuple[str, list[Append]]:
-    """Validate one event and build its history entries: its id, and one frame per channel."""
+def _prepare(
+    channels: Sequence[str],
+    event: str,
+    data: Any,
+    sender: str | None,
+    publisher: str = INTERNAL,
+    to_inbox: bool = False,
+    category: str | None = None,
+) -> _Prepared:
+    """Validate one event and build its history entries (its id, and one frame per channel)
+    and, for the inbox, one row per targeted user."""
     targets = check_channels(channels)
-    check_event_name(event)
+    check_event_name(event, publisher)
     data_json = encode_data(data)
     event_id, ts = new_event_id(), now()
     items = [_append_item(ch, event_template(ch, event_id, event, data_json, ts, sender)) for ch in targets]
-    return event_id, items
+    rows: list[inbox.Row] = []
+    if to_inbox:
+        rows = [inbox.Row(user, event_id, event, data, category, ch) for ch, user in _users_of(targets)]
+        if not rows:
+            raise InvalidPublish("inbox: true needs a user or users target")
+    return _Prepared(event_id, items, rows)
+
+
+def _users_of(targets: Sequence[str]) -> list[tuple[str, str]]:
+    """(channel, user) of each personal channel (`user:<id>`) among `targets`."""
+    found = []
+    for channel in targets:
+        policy = policy_of(channel)
+        if policy is not None and policy.personal:
+            found.append((channel, name_in_namespace(channel)))
+    return found
 
 
 def _append_item(channel: str, template: FrameTemplate) -> Append:
@@ -257,7 +303,19 @@ class PublishRequest(NamedTuple):
     data: Any = None
     sender: str | None = None
     idempotency_key: str | None = None
-    publisher: str = "internal"
+    publisher: str = INTERNAL
+    inbox: bool = False
+    category: str | None = None
+
+    def options(self) -> dict[str, Any]:
+        """`apublish`'s (and `publish`'s) keyword arguments."""
+        return {
+            "sender": self.sender,
+            "idempotency_key": self.idempotency_key,
+            "publisher": self.publisher,
+            "inbox": self.inbox,
+            "category": self.category,
+        }
 
 
 async def apublish_many(requests: Sequence[PublishRequest]) -> list[PublishResult | PublishError]:
@@ -269,20 +327,20 @@ async def apublish_many(requests: Sequence[PublishRequest]) -> list[PublishResul
     is the event's result or its own PublishError (a refusal, or Unavailable when Redis failed).
     """
     answers: list[PublishResult | PublishError | None] = [None] * len(requests)
-    run: list[tuple[int, str, list[Append], float]] = []  # (index, event id, appends, started)
+    run: list[tuple[int, _Prepared, float]] = []  # (index, event, started)
 
     async def flush() -> None:
         if not run:
             return
         stored: list[PublishResult] = []
         try:
-            results = await _store_and_send([(event_id, items) for _, event_id, items, _ in run], stored)
+            results = await _store_and_send([prepared for _, prepared, _ in run], stored)
         except Unavailable as exc:
             kind = NotReplicated if isinstance(exc, NotReplicated) else StoredNotSent
             for n, (index, *_) in enumerate(run):
                 answers[index] = kind(stored[n]) if stored else exc
         else:
-            for (index, _, _, started), result in zip(run, results, strict=True):
+            for (index, _, started), result in zip(run, results, strict=True):
                 answers[index] = result
                 _count_publish(requests[index].publisher, started)
         run.clear()
@@ -291,39 +349,46 @@ async def apublish_many(requests: Sequence[PublishRequest]) -> list[PublishResul
         if request.idempotency_key is not None:
             await flush()
             try:
-                answers[index] = await apublish(
-                    request.channels,
-                    request.event,
-                    request.data,
-                    sender=request.sender,
-                    idempotency_key=request.idempotency_key,
-                    publisher=request.publisher,
-                )
+                answers[index] = await apublish(request.channels, request.event, request.data, **request.options())
             except PublishError as exc:
                 answers[index] = exc
             continue
         started = time.perf_counter()
         try:
-            event_id, items = _prepare(request.channels, request.event, request.data, request.sender)
+            prepared = _prepare(
+                request.channels,
+                request.event,
+                request.data,
+                request.sender,
+                request.publisher,
+                request.inbox,
+                request.category,
+            )
         except PublishError as exc:
             answers[index] = exc
             continue
-        run.append((index, event_id, items, started))
+        run.append((index, prepared, started))
     await flush()
     assert all(answer is not None for answer in answers)
     return answers  # type: ignore[return-value]
 
 
 async def _store_and_send(
-    events: list[tuple[str, list[Append]]], stored_results: list[PublishResult] | None = None
+    events: list[_Prepared], stored_results: list[PublishResult] | None = None
 ) -> list[PublishResult]:
     """Store events (one history round trip for all) and send them to their channels' groups:
     one message per channel carrying its frames in offset order, all in one round trip.
 
-    Once history has stored them, their results are put in `stored_results`, so a caller whose
-    send then failed (StoredNotSent, or cancelled) knows they will be delivered all the same.
+    Inbox rows are committed first, in one transaction; each of their users then gets one
+    `inbox.changed` event, stored and sent after the events in the same round trips. When
+    history stores nothing, the rows are taken back. Once history has stored the events, their
+    results are put in `stored_results`, so a caller whose send then failed (StoredNotSent, or
+    cancelled) knows they will be delivered all the same.
     """
-    items = [item for _, appends in events for item in appends]
+    rows = [row for event in events for row in event.rows]
+    rows, changes = await _store_rows(rows) if rows else ([], [])
+    kept = {(row.user, row.event_id) for row in rows}
+    items = [item for event in [*events, *changes] for item in event.items]
     replicated = True
     try:
         stored = await get_history().append(items)
@@ -334,12 +399,19 @@ async def _store_and_send(
     except (RedisError, OSError) as exc:
         logger.warning("publish failed: %s: %s", type(exc).__name__, exc)
         metrics.inc("notifier_redis_errors", operation="publish")
+        if rows:
+            await _take_back(rows)
         raise Unavailable("Redis is unavailable; the event was not published") from exc
     results, position = [], 0
-    for event_id, appends in events:
+    for event in events:
+        appends = event.items
         records = stored[position : position + len(appends)]
         position += len(appends)
-        results.append(PublishResult(event_id, {i.channel: r.position for i, r in zip(appends, records, strict=True)}))
+        channels = {i.channel: r.position for i, r in zip(appends, records, strict=True)}
+        stored_for = None
+        if event.rows:
+            stored_for = {row.user: row.event_id for row in event.rows if (row.user, row.event_id) in kept}
+        results.append(PublishResult(event.event_id, channels, stored_for))
     if stored_results is not None:
         stored_results.extend(results)
     try:
@@ -355,6 +427,69 @@ async def _store_and_send(
     if not replicated:
         raise NotReplicated(results[0])
     return results
+
+
+async def _store_rows(rows: list[inbox.Row]) -> tuple[list[inbox.Row], list[_Prepared]]:
+    """Commit inbox rows: those stored (not those of a muted category), and the `inbox.changed`
+    event of each of their users, to publish next."""
+    try:
+        stored = await inbox.astore(rows)
+    except DatabaseError as exc:
+        logger.warning("inbox store failed: %s: %s", type(exc).__name__, exc)
+        metrics.inc("notifier_database_errors", operation="inbox_store")
+        raise Unavailable("the database is unavailable; the event was not published") from exc
+    ids: dict[str, list[str]] = {}
+    for row in stored.rows:
+        ids.setdefault(row.user, []).append(row.event_id)
+    changes = [
+        _prepare([personal_channel(user)], INBOX_CHANGED, inbox_change("added", ids[user], counts), None)
+        for user, counts in stored.counts.items()
+    ]
+    return stored.rows, changes
+
+
+async def _take_back(rows: list[inbox.Row]) -> None:
+    try:
+        await inbox.aforget(rows)
+    except DatabaseError as exc:  # they stay, with no event in history: listed, never announced
+        logger.warning("inbox rows of an unpublished event not taken back: %s", exc)
+
+
+def inbox_change(
+    action: str, ids: Sequence[str] | None, counts: dict[str, int], mark_as: str | None = None
+) -> dict[str, Any]:
+    """The data of an `inbox.changed` event (DESIGN §10)."""
+    data: dict[str, Any] = {"action": action, "ids": list(ids) if ids is not None else None, "all": ids is None}
+    if mark_as is not None:
+        data["as"] = mark_as
+    data["counts"] = counts
+    return data
+
+
+async def apublish_inbox_change(
+    user: str, action: str, ids: Sequence[str] | None, counts: dict[str, int], mark_as: str | None = None
+) -> None:
+    """Tell every connection of `user` that their inbox changed (after a mark or a delete). The
+    change is committed already: a failed publish is logged, and the next change corrects it."""
+    try:
+        await apublish([personal_channel(user)], INBOX_CHANGED, inbox_change(action, ids, counts, mark_as))
+    except PublishError as exc:
+        logger.warning("inbox.changed for a %s not published: %s", action, exc.message)
+
+
+async def aerase_inbox(user: str) -> int:
+    """Erase `user`'s notifications, preferences and the history of their channel (a
+    data-protection request); the number of notifications deleted. Their open connections
+    are told with one last `inbox.changed`, the first event of the channel's new history."""
+    try:
+        deleted = await inbox.aerase(user)
+        await get_history().erase(personal_channel(user))
+    except DatabaseError as exc:
+        raise Unavailable("the database is unavailable; nothing was erased") from exc
+    except (RedisError, OSError) as exc:
+        raise Unavailable("Redis is unavailable; the notifications were erased, the channel's history not") from exc
+    await apublish_inbox_change(user, "deleted", None, {"unread": 0, "unseen": 0, "total": 0})
+    return deleted
 
 
 def publish_on_commit(
@@ -394,9 +529,19 @@ def publish(
     *,
     sender: str | None = None,
     idempotency_key: str | None = None,
-    publisher: str = "internal",
+    publisher: str = INTERNAL,
+    inbox: bool = False,
+    category: str | None = None,
 ) -> PublishResult:
     """Sync `apublish` for views, tasks and scripts."""
     return run_sync(
-        apublish, channels, event, data, sender=sender, idempotency_key=idempotency_key, publisher=publisher
+        apublish,
+        channels,
+        event,
+        data,
+        sender=sender,
+        idempotency_key=idempotency_key,
+        publisher=publisher,
+        inbox=inbox,
+        category=category,
     )

@@ -16,7 +16,7 @@ class Command(BaseCommand):
             "--scope",
             action="append",
             choices=SCOPES,
-            help="What the key may do; repeat for several (default: all of publish, read, tokens).",
+            help="What the key may do; repeat for several (default: publish, read, tokens; `users` acts on inboxes).",
         )
         parser.add_argument(
             "--channels",
