@@ -4,8 +4,10 @@
   their offsets and the connection's state, and publish through the HTTP API with an API key.
 - `/demo/chat/<room>/`: a chat room on the `chat:` namespace, whose subscribers publish from
   the browser (`client.publish`); open it in two tabs and they talk live.
+- `/demo/inbox/`: a user's stored notifications (`client.inbox`): the bell with its unread
+  badge, the list, mark read, mark all read, archive; every tab of the user stays in step.
 
-Both pages are plain templates (inline CSS, no external assets) that import the browser client
+The pages are plain templates (inline CSS, no external assets) that import the browser client
 from /static/notifier.js, as a user's page would. The WebSocket URL is derived in the page from
 its own location, so the pages work behind any host name or TLS proxy.
 """
@@ -39,8 +41,13 @@ def chat(request: HttpRequest, room: str) -> HttpResponse:
     return render(request, "demo/chat.html", context)
 
 
+def inbox(request: HttpRequest) -> HttpResponse:
+    return render(request, "demo/inbox.html", {"page": "inbox", "default_room": DEFAULT_ROOM})
+
+
 urlpatterns = [
     path("demo/", demo, name="demo"),
+    path("demo/inbox/", inbox, name="demo-inbox"),
     path("demo/chat/", RedirectView.as_view(url=f"/demo/chat/{DEFAULT_ROOM}/"), name="demo-chat-default"),
     re_path(rf"^demo/chat/(?P<room>{ROOM_PATTERN})/$", chat, name="demo-chat"),
 ]

@@ -91,7 +91,7 @@ def chromium(node: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server_env(redis_server: RedisServer, service_db: Path) -> dict[str, str]:
+def server_env(redis_server: RedisServer, service_db: str) -> dict[str, str]:
     # NOTIFIER_SERVE_STATIC serves /static/ from the finders in-process (notifier/asgi.py), as the
     # embedded mode does; production serves the collectstatic output from its proxy instead.
     return service_env(
@@ -120,7 +120,7 @@ def restartable(server_env: dict[str, str], workdir: Path) -> Iterator[list[Serv
 
 
 @pytest.fixture(scope="module")
-def strict_expiry(redis_server: RedisServer, service_db: Path, workdir: Path) -> Iterator[Server]:
+def strict_expiry(redis_server: RedisServer, service_db: str, workdir: Path) -> Iterator[Server]:
     """A server that ends a connection soon after its token expires: 1 s grace, checked every 1 s."""
     env = service_env(
         redis_server.url,
@@ -135,7 +135,7 @@ def strict_expiry(redis_server: RedisServer, service_db: Path, workdir: Path) ->
 
 
 @pytest.fixture(scope="module")
-def embedded(service_db: Path, workdir: Path) -> Iterator[Server]:
+def embedded(service_db: str, workdir: Path) -> Iterator[Server]:
     """The `make run` mode: no Redis, in-process layer and history, static files served."""
     server = Server(service_env(None, service_db), workdir)
     yield server
@@ -484,3 +484,31 @@ def test_the_service_serves_the_client_and_the_demo_pages(mode: str, request: py
     assert b'import { NotifierClient } from "/static/notifier.js";' in body
     status, _, body = get(f"{server.http}/demo/chat/lobby/")
     assert status == 200 and b"chat:lobby" in body
+
+
+def test_inbox_demo_in_two_tabs_of_chromium_stays_in_step_and_survives_a_reload(
+    node: str,
+    chromium: Path,
+    publisher: Server,
+    api_key: str,
+    scripts: list[Script],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    user = unique("reader-")
+    script = run(
+        node,
+        scripts,
+        "browser-inbox.mjs",
+        NOTIFIER_HTTP=publisher.http,
+        NOTIFIER_API_KEY=api_key,
+        E2E_USER=user,
+        E2E_TOKEN=mint_token(user),
+    )
+    result = script.result()
+    assert result["listed"] == 3
+    for path in result["screenshots"]:
+        assert Path(path).is_file() and Path(path).stat().st_size > 10_000
+    with capsys.disabled():
+        print(f"\n  inbox: a read in tab A reached tab B in {result['markedAcrossTabsMs']} ms")
+        for path in result["screenshots"]:
+            print(f"  screenshot: {path}")

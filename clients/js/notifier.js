@@ -103,6 +103,38 @@
  *   server's `hello.heartbeat`.
  * @property {PositionStorage | null} [storage] Persists positions, e.g. `sessionStorage`.
  * @property {number} [stableAfter] Milliseconds a connection must stay up before the backoff resets.
+ * @property {string} [apiBase] The HTTP API's base URL for `client.inbox`, e.g.
+ *   `https://host/api/`. Default: the socket URL with `ws/` replaced by `api/`.
+ * @property {typeof fetch} [fetch] Defaults to `globalThis.fetch`.
+ */
+
+/** @typedef {{unread: number, unseen: number, total: number}} InboxCounts */
+
+/**
+ * A stored notification (DESIGN §10).
+ * @typedef {object} InboxNotification
+ * @property {string} id
+ * @property {string} event
+ * @property {unknown} data
+ * @property {string | null} category
+ * @property {string} channel
+ * @property {string} created_at
+ * @property {string | null} read_at
+ * @property {string | null} seen_at
+ * @property {string | null} archived_at
+ */
+
+/** @typedef {{notifications: InboxNotification[], next: string | null, counts: InboxCounts}} InboxPage */
+
+/**
+ * What `inbox.on("change")` listeners get: the data of an `inbox.changed` event, or
+ * `{action: "refetch", …, counts: null}` when changes may have been missed (refetch the list).
+ * @typedef {object} InboxChange
+ * @property {"added" | "marked" | "deleted" | "refetch"} action
+ * @property {string[] | null} ids
+ * @property {boolean} all
+ * @property {string} [as]
+ * @property {InboxCounts | null} counts
  */
 
 /**
@@ -377,6 +409,8 @@ export class NotifierClient {
     this._stableTimer = null;
     /** @private @type {ReturnType<typeof setTimeout> | null} */
     this._watchdog = null;
+    /** @private @type {Inbox | null} */
+    this._inbox = null;
     /** The connection id from the server's hello. @type {string | null} */
     this.connectionId = null;
     /** The authenticated user from hello/authenticated, or null. @type {string | null} */
@@ -401,6 +435,33 @@ export class NotifierClient {
   /** The current connection state. @returns {StateName} */
   get state() {
     return this._state;
+  }
+
+  /** The user's stored notifications (`/api/inbox`), with the connection's token. @returns {Inbox} */
+  get inbox() {
+    if (!this._inbox) this._inbox = new Inbox(this, this._options.fetch);
+    return this._inbox;
+  }
+
+  /**
+   * The token for an HTTP request: the socket's current one, else a fresh one from the token
+   * option (null: none, the Django session then authenticates).
+   * @returns {Promise<TokenValue>}
+   */
+  async token() {
+    if (this._currentToken) return this._currentToken;
+    const source = this._options.token;
+    return typeof source === "function" ? await source() : source;
+  }
+
+  /** The HTTP API's base URL (`apiBase`, or derived from the socket URL). @returns {string} */
+  get apiBase() {
+    if (this._options.apiBase) return this._options.apiBase.endsWith("/") ? this._options.apiBase : `${this._options.apiBase}/`;
+    const url = new URL(this.url);
+    url.protocol = url.protocol === "wss:" ? "https:" : "http:";
+    url.pathname = url.pathname.replace(/ws\/?$/, "") + "api/";
+    url.search = "";
+    return url.toString();
   }
 
   /**
@@ -1198,6 +1259,182 @@ export class NotifierClient {
     if (entry.retryTimer !== null) clearTimeout(entry.retryTimer);
     entry.retryTimer = null;
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The inbox
+
+const INBOX_CHANGED = "inbox.changed";
+
+/** A user's stored notifications over HTTP, and their changes live from `user:<id>`. */
+export class Inbox {
+  /**
+   * @param {NotifierClient} client
+   * @param {typeof fetch} [fetchImpl] Defaults to `globalThis.fetch`.
+   */
+  constructor(client, fetchImpl) {
+    /** @private */
+    this._client = client;
+    /** @private */
+    this._fetch = fetchImpl;
+    /** @private @type {Set<(change: InboxChange) => void>} */
+    this._listeners = new Set();
+    /** @private @type {Subscription | null} */
+    this._feed = null;
+    /** @private @type {string | null} the user whose channel feeds the changes */
+    this._feedUser = null;
+    /** @private */
+    this._follow = () => this._ensureFeed();
+    /** @private @param {SubscribedInfo} info */
+    this._onSubscribed = (info) => {
+      if (this._feed && info.channel === this._feed.channel && !info.recovered) {
+        this._emit({ action: "refetch", ids: null, all: true, counts: null });
+      }
+    };
+  }
+
+  /**
+   * Newest first. `status`: "unread", "read", "archived" or "all" (default: all but archived).
+   * @param {{status?: string, category?: string, limit?: number, cursor?: string | null}} [query]
+   * @returns {Promise<InboxPage>}
+   */
+  list(query = {}) {
+    const params = new URLSearchParams();
+    for (const [name, value] of Object.entries(query)) {
+      if (value !== undefined && value !== null) params.set(name, String(value));
+    }
+    const search = params.toString();
+    return this._request("GET", `inbox${search ? `?${search}` : ""}`);
+  }
+
+  /** @returns {Promise<InboxCounts>} */
+  counts() {
+    return this._request("GET", "inbox/counts");
+  }
+
+  /**
+   * @param {string[]} ids
+   * @param {"read" | "unread" | "seen" | "archived" | "unarchived"} as
+   * @returns {Promise<{updated: number, counts: InboxCounts}>}
+   */
+  mark(ids, as) {
+    return this._request("POST", "inbox/mark", { ids, as });
+  }
+
+  /**
+   * @param {"read" | "seen" | "archived"} as
+   * @param {{category?: string}} [options]
+   * @returns {Promise<{updated: number, counts: InboxCounts}>}
+   */
+  markAll(as, options = {}) {
+    return this._request("POST", "inbox/mark", { all: true, as, ...options });
+  }
+
+  /** @param {string} id @returns {Promise<void>} */
+  async remove(id) {
+    await this._request("DELETE", `inbox/${encodeURIComponent(id)}`);
+  }
+
+  /**
+   * Listen to changes (from any tab or device of the user): `inbox.changed` events.
+   * @param {"change"} name
+   * @param {(change: InboxChange) => void} fn
+   * @returns {this}
+   */
+  on(name, fn) {
+    if (name !== "change") throw new TypeError(`unknown inbox event ${name}`);
+    this._listeners.add(fn);
+    if (this._listeners.size === 1) {
+      this._client.on("state", this._follow).on("authenticated", this._follow).on("subscribed", this._onSubscribed);
+      this._ensureFeed();
+    }
+    return this;
+  }
+
+  /**
+   * @param {"change"} name
+   * @param {(change: InboxChange) => void} fn
+   * @returns {this}
+   */
+  off(name, fn) {
+    this._listeners.delete(fn);
+    if (this._listeners.size === 0) {
+      this._client.off("state", this._follow).off("authenticated", this._follow).off("subscribed", this._onSubscribed);
+      this._feed?.unsubscribe();
+      this._feed = null;
+      this._feedUser = null;
+    }
+    return this;
+  }
+
+  /** @private Follow the channel of the connection's user, once it is known. */
+  _ensureFeed() {
+    const user = this._client.user;
+    if (!user || user === this._feedUser || this._client.state === State.CLOSED) return;
+    this._feed?.unsubscribe();
+    this._feedUser = user;
+    this._feed = this._client.subscribe(`user:${user}`, (event) => {
+      if (event.event === INBOX_CHANGED) this._emit(/** @type {InboxChange} */ (event.data));
+    });
+  }
+
+  /** @private @param {InboxChange} change */
+  _emit(change) {
+    for (const fn of [...this._listeners]) {
+      try {
+        fn(change);
+      } catch (err) {
+        console.error('notifier: an inbox "change" listener threw', err);
+      }
+    }
+  }
+
+  /**
+   * @private
+   * @param {string} method
+   * @param {string} path
+   * @param {unknown} [body]
+   * @returns {Promise<any>}
+   */
+  async _request(method, path, body) {
+    const fetchImpl = this._fetch ?? globalThis.fetch;
+    /** @type {Record<string, string>} */
+    const headers = { Accept: "application/json" };
+    const token = await this._client.token();
+    if (token) headers.Authorization = `Bearer ${token}`;
+    else {
+      const csrf = csrfToken();
+      if (csrf) headers["X-CSRFToken"] = csrf;
+    }
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const response = await fetchImpl(new URL(path, this._client.apiBase), {
+      method,
+      headers,
+      credentials: "same-origin",
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    if (response.status === 204) return undefined;
+    /** @type {any} */
+    let answer = null;
+    try {
+      answer = await response.json();
+    } catch {
+      // not JSON: answered below by the status
+    }
+    if (!response.ok) {
+      const code = typeof answer?.code === "string" ? answer.code : `http_${response.status}`;
+      throw new NotifierError(code, answer?.message ?? `HTTP ${response.status}`, answer?.details ?? {});
+    }
+    return answer;
+  }
+}
+
+/** Django's CSRF cookie, for requests the session authenticates. @returns {string | null} */
+function csrfToken() {
+  const cookies = /** @type {any} */ (globalThis).document?.cookie;
+  if (typeof cookies !== "string") return null;
+  const found = cookies.split(";").map((c) => c.trim()).find((c) => c.startsWith("csrftoken="));
+  return found ? decodeURIComponent(found.slice("csrftoken=".length)) : null;
 }
 
 /**
