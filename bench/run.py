@@ -56,6 +56,7 @@ SCENARIOS = [
     "recovery",
     "servers",
     "layers",
+    "inbox",
 ]
 
 TARGETS = {
@@ -434,6 +435,12 @@ class Bench:
                     data={"rss_before_kib": before, "rss_after_kib": after, "connections": n, **result},
                 )
             )
+
+    def inbox(self) -> None:
+        """Stored notifications on PostgreSQL (bench/inbox.py)."""
+        from bench import inbox
+
+        inbox.run(self, Row, fmt)
 
     def publish(self) -> None:
         """POST /api/notify and /api/notify/batch against one process, with 2 subscribers checking."""

@@ -26,6 +26,7 @@ EXPECTED = {
     "celery": ["queued tasks", "ack_emulation off"],
     "recovery": ["sockets resubscribe"],
     "servers": ["production", "permessage-deflate", "daphne"],
+    "inbox": ["GET /api/inbox/counts", "GET /api/inbox (first page", "mark all read", "inbox: true, 10,000 users"],
 }
 
 

@@ -635,14 +635,21 @@ async function httpLoad() {
   let okEvents = 0;
   let acked = [];
   const headers = key ? { Authorization: `Bearer ${key}` } : {};
+  // `users`: each event goes to one of that many users (`user: "u<n>"`), not to `channel`;
+  // `inbox`: and is stored in their inbox.
+  const event = () => {
+    const s = ++seq;
+    const target = config.users ? { user: `u${s % config.users}` } : { channel };
+    return { ...target, event: "bench", data: { s }, ...(config.inbox ? { inbox: true } : {}) };
+  };
   const body = () => {
     if (kind === "raw") return rawFrame("bench", ++seq);
     if (batch) {
       const events = [];
-      for (let i = 0; i < batch; i++) events.push({ channel, event: "bench", data: { s: ++seq } });
+      for (let i = 0; i < batch; i++) events.push(event());
       return JSON.stringify({ events });
     }
-    return JSON.stringify({ channel, event: "bench", data: { s: ++seq } });
+    return JSON.stringify(event());
   };
   const started = now();
   const stopAt = started + seconds * 1000;
