@@ -8,7 +8,7 @@ from typing import Any
 from celery import Task, shared_task
 from rest_framework.exceptions import ValidationError
 
-from realtime.notify import validated_notify
+from realtime.notify import publish_request, validated_notify
 from realtime.publish import NotReplicated, PublishError, StoredNotSent, Unavailable, publish
 
 logger = logging.getLogger(__name__)
@@ -35,14 +35,9 @@ def notify(self: Task, **body: Any) -> dict[str, Any]:
         attrs = validated_notify(body)
     except ValidationError as exc:
         raise InvalidNotification(str(exc.detail)) from None
+    request = publish_request(attrs, CELERY_PUBLISHER)  # all tasks count as one publisher (DESIGN §4)
     try:
-        return publish(
-            attrs["targets"],
-            attrs["event"],
-            attrs.get("data"),
-            idempotency_key=attrs.get("idempotency_key"),
-            publisher=CELERY_PUBLISHER,  # all tasks count as one publisher (DESIGN §4)
-        ).as_dict()
+        return publish(request.channels, request.event, request.data, **request.options()).as_dict()
     except NotReplicated as exc:
         # Stored and delivered; too few replicas acknowledged it in time. With its idempotency
         # key a retry publishes nothing twice and succeeds once the replicas caught up.
