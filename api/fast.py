@@ -59,16 +59,8 @@ class FastPublishApp:
             status, content = 202, await answer(await self.call(path == BATCH, scope, *read))
             headers: list[tuple[bytes, bytes]] = []
         except Exception as exc:  # noqa: BLE001 - every refusal is answered as the DRF views answer it
-            status, content, headers = _error(exc)
-        body = dumps(content).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *headers],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+            status, content, headers = error_answer(exc)
+        await send_json(send, status, content, headers)
 
     async def call(self, batch: bool, scope: dict[str, Any], body: bytes, too_large: bool) -> NotifyCall:
         """The request as the core takes it: its key and rate window (one Redis round trip) and body."""
@@ -103,7 +95,21 @@ def _parse(body: bytes, too_large: bool) -> tuple[Any, exceptions.APIException |
         return None, exceptions.ParseError("JSON parse error - nested too deeply")
 
 
-def _error(exc: Exception) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
+async def send_json(send: Any, status: int, content: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """An ASGI JSON response."""
+    body = dumps(content).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *(headers or [])],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def error_answer(exc: Exception) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
+    """The status, body and headers the DRF views would answer `exc` with."""
     if isinstance(exc, exceptions.AuthenticationFailed | exceptions.NotAuthenticated):
         exc.auth_header = "Bearer"  # type: ignore[union-attr]  # as APIView.handle_exception sets it
     response = exception_handler(exc, {})

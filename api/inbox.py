@@ -50,23 +50,38 @@ class InboxUser(Caller):
 class ConnectionTokenAuthentication(authentication.BaseAuthentication):
     """`Authorization: Bearer <connection token>`: the user the token was minted for."""
 
-    def authenticate(self, request: Request) -> tuple[InboxUser, Any] | None:
+    def authenticate(self, request: Request) -> tuple[InboxUser, None] | None:
         header = authentication.get_authorization_header(request).decode("latin-1")
         if not header:
             return None
-        scheme, _, token = header.partition(" ")
-        if scheme != "Bearer" or not token.strip():
-            raise exceptions.AuthenticationFailed("use 'Authorization: Bearer <connection token>'", "invalid_token")
-        try:
-            claims = decode_connection_token(token.strip())
-        except TokenExpired:
-            raise exceptions.AuthenticationFailed("connection token expired", "token_expired") from None
-        except InvalidToken as exc:
-            raise exceptions.AuthenticationFailed(str(exc), "invalid_token") from None
-        return InboxUser(claims.user), claims
+        return InboxUser(token_user(header)), None
 
     def authenticate_header(self, request: Request) -> str:
         return "Bearer"
+
+
+def token_user(header: str) -> str:
+    """The user of an `Authorization: Bearer <connection token>` header (both doors use this)."""
+    scheme, _, token = header.partition(" ")
+    if scheme != "Bearer" or not token.strip():
+        raise exceptions.AuthenticationFailed("use 'Authorization: Bearer <connection token>'", "invalid_token")
+    try:
+        return decode_connection_token(token.strip()).user
+    except TokenExpired:
+        raise exceptions.AuthenticationFailed("connection token expired", "token_expired") from None
+    except InvalidToken as exc:
+        raise exceptions.AuthenticationFailed(str(exc), "invalid_token") from None
+
+
+def list_query(params: dict[str, str]) -> dict[str, Any]:
+    """`GET /api/inbox`'s query, validated (400 otherwise)."""
+    query = ListQuery(data=params)
+    query.is_valid(raise_exception=True)
+    return dict(query.validated_data)
+
+
+def page_answer(found: inbox.Page) -> dict[str, Any]:
+    return {"notifications": found.notifications, "next": found.next, "counts": found.counts}
 
 
 class DjangoSessionAuthentication(authentication.SessionAuthentication):
@@ -155,16 +170,14 @@ class NotificationsView(InboxView):
         responses={200: InboxPageSerializer, **ERRORS},
     )
     def get(self, request: Request, **_: str) -> Response:
-        query = ListQuery(data=request.query_params.dict())
-        query.is_valid(raise_exception=True)
-        attrs = query.validated_data
+        attrs = list_query(request.query_params.dict())
         try:
             found = inbox.page(
                 self.user_id(request), attrs.get("status"), attrs.get("category"), attrs["limit"], attrs.get("cursor")
             )
         except inbox.BadCursor as exc:
             raise exceptions.ValidationError({"cursor": [str(exc)]}) from None
-        return Response({"notifications": found.notifications, "next": found.next, "counts": found.counts})
+        return Response(page_answer(found))
 
 
 class CountsView(InboxView):

@@ -17,6 +17,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 from django.urls import path, re_path  # noqa: E402
 
 from api.fast import FastPublishApp  # noqa: E402
+from api.fast_inbox import FastInboxApp  # noqa: E402
 from api.health import OperationsApp  # noqa: E402
 from realtime.origin import OriginMiddleware  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
@@ -34,8 +35,8 @@ http_app = URLRouter(
 application = ProtocolTypeRouter(
     {
         # GET /healthz, /readyz, /metrics: api/health.py; POST /api/notify(/batch): api/fast.py;
-        # the rest: Django.
-        "http": OperationsApp(FastPublishApp(http_app)),
+        # GET /api/inbox(/counts) with a token: api/fast_inbox.py; the rest: Django.
+        "http": OperationsApp(FastPublishApp(FastInboxApp(http_app))),
         "websocket": OriginMiddleware(SessionAuthMiddleware(URLRouter(websocket_urlpatterns))),
     }
 )

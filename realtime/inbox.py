@@ -20,7 +20,8 @@ from typing import Any, ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections, transaction
-from django.db.models import Case, Count, Q, QuerySet, When
+from django.db.models import Case, Count, Q, QuerySet, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from .conf import notifier_settings
@@ -235,9 +236,8 @@ def mark(
     elif category is not None:
         rows = rows.filter(category=category)
     with transaction.atomic():
-        if mark_as == "read":
-            updated = rows.filter(read_at__isnull=True).update(read_at=at)
-            rows.filter(seen_at__isnull=True).update(seen_at=at)  # read implies seen
+        if mark_as == "read":  # read implies seen: one statement sets both
+            updated = rows.filter(read_at__isnull=True).update(read_at=at, seen_at=Coalesce("seen_at", Value(at)))
         elif mark_as == "unread":
             updated = rows.filter(read_at__isnull=False).update(read_at=None)
         elif mark_as == "seen":
@@ -290,9 +290,11 @@ def _time(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
-def _in_database_thread(func: Callable[P, T]) -> Callable[P, Awaitable[T]]:
-    """`func` from async code, in Django's thread for sync code, with Django's handling of
-    stale connections around it (as a request gets it), so CONN_MAX_AGE applies there too."""
+def _in_database_thread(func: Callable[P, T], thread_sensitive: bool = True) -> Callable[P, Awaitable[T]]:
+    """`func` from async code, with Django's handling of stale connections around it (as a
+    request gets it), so CONN_MAX_AGE applies there too: in Django's one thread for sync code,
+    or (`thread_sensitive=False`, for reads) in any thread of the pool, each with its own
+    connection."""
 
     def run(*args: P.args, **kwargs: P.kwargs) -> T:
         close_old_connections()
@@ -301,9 +303,11 @@ def _in_database_thread(func: Callable[P, T]) -> Callable[P, Awaitable[T]]:
         finally:
             close_old_connections()
 
-    return sync_to_async(run)
+    return sync_to_async(run, thread_sensitive=thread_sensitive)
 
 
 astore = _in_database_thread(store)
 aforget = _in_database_thread(forget)
 aerase = _in_database_thread(erase)
+apage = _in_database_thread(page, thread_sensitive=False)
+acounts_of = _in_database_thread(counts_of, thread_sensitive=False)

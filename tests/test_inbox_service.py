@@ -76,3 +76,22 @@ async def test_stored_while_offline_listed_after_connecting_and_changes_reach_ev
         assert added["event"] == "n3" and changed["event"] == "inbox.changed"
         assert changed["data"]["action"] == "added" and changed["data"]["counts"]["unread"] == 3
         await tab.close()
+
+
+def test_the_event_loop_door_refuses_as_the_api_does(inbox_servers: tuple[Server, Server]) -> None:
+    """GET /api/inbox(/counts) with a token are answered before Django: same codes, same checks."""
+    server = inbox_servers[0]
+    assert get_json(f"{server.http}/api/inbox/counts", "not-a-token")[1]["code"] == "invalid_token"
+    expired = jwt.encode({"sub": "x", "exp": int(time.time()) - 60}, SECRET, algorithm="HS256")
+    assert get_json(f"{server.http}/api/inbox", expired) == (
+        401,
+        {"code": "token_expired", "message": "connection token expired", "details": {}},
+    )
+    for query in ("status=new", "limit=1000", "limit=0", "cursor=garbage!", "category=Bad"):
+        status, answer = get_json(f"{server.http}/api/inbox?{query}", token("x"))
+        assert (status, answer["code"]) == (400, "invalid"), query
+    status, answer = get_json(f"{server.http}/api/inbox?limit=1", token("nobody-yet"))
+    assert (status, answer) == (
+        200,
+        {"notifications": [], "next": None, "counts": {"unread": 0, "unseen": 0, "total": 0}},
+    )
