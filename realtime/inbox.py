@@ -11,8 +11,10 @@ pages have higher ids, so paging has no duplicate and no gap. Counts exclude arc
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -306,7 +308,59 @@ def _in_database_thread(func: Callable[P, T], thread_sensitive: bool = True) -> 
     return sync_to_async(run, thread_sensitive=thread_sensitive)
 
 
-astore = _in_database_thread(store)
+_store_in_thread = _in_database_thread(store)
+
+
+class _GroupCommit:
+    """Stores that arrive while one is being written wait, and are then written together, in
+    one transaction: concurrent publishes share a commit instead of queueing one by one for
+    Django's one thread for sync code."""
+
+    def __init__(self) -> None:
+        self._waiting: list[tuple[Sequence[Row], asyncio.Future[Stored]]] = []
+        self._writing = False
+
+    async def store(self, rows: Sequence[Row]) -> Stored:
+        done: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
+        self._waiting.append((rows, done))
+        if not self._writing:
+            self._writing = True
+            asyncio.get_running_loop().create_task(self._write())
+        return await done
+
+    async def _write(self) -> None:
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting, []
+                try:
+                    stored = await _store_in_thread([row for rows, _ in group for row in rows])
+                except BaseException as exc:  # noqa: BLE001 - each waiting publish gets the error
+                    for _, done in group:
+                        if not done.done():
+                            done.set_exception(exc)
+                    continue
+                kept = {(row.user, row.event_id) for row in stored.rows}
+                for rows, done in group:
+                    mine = [row for row in rows if (row.user, row.event_id) in kept]
+                    users = dict.fromkeys(row.user for row in mine)
+                    if not done.done():
+                        done.set_result(Stored(mine, {user: stored.counts[user] for user in users}))
+        finally:
+            self._writing = False
+
+
+_groups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _GroupCommit] = weakref.WeakKeyDictionary()
+
+
+async def astore(rows: Sequence[Row]) -> Stored:
+    """`store` from async code, committed together with the stores that wait meanwhile."""
+    loop = asyncio.get_running_loop()
+    group = _groups.get(loop)
+    if group is None:
+        group = _groups[loop] = _GroupCommit()
+    return await group.store(rows)
+
+
 aforget = _in_database_thread(forget)
 aerase = _in_database_thread(erase)
 apage = _in_database_thread(page, thread_sensitive=False)
