@@ -53,7 +53,9 @@ async def answer(call: NotifyCall) -> dict[str, Any]:
         raise exceptions.PermissionDenied("this API key lacks the 'publish' scope")
     if call.body_error is not None:
         raise call.body_error
-    window = call.window or (await rates.count(key.key_hash, cost_of(call.batch, call.body))).window
+    window = call.window
+    if window is None:
+        window = (await rates.count(key.key_hash, cost_of(call.batch, call.body))).window
     if window.exceeded:
         raise exceptions.Throttled(wait=window.retry_after)
     publisher = f"key:{key.pk}"

@@ -334,10 +334,14 @@ class _GroupCommit:
                 group, self._waiting = self._waiting, []
                 try:
                     stored = await _store_in_thread([row for rows, _ in group for row in rows])
-                except BaseException as exc:  # noqa: BLE001 - each waiting publish gets the error
-                    for _, done in group:
+                except BaseException as exc:  # each waiting publish gets the error
+                    cancelled = not isinstance(exc, Exception)  # the loop is closing: stop, fail the rest
+                    failed, self._waiting = (group + self._waiting, []) if cancelled else (group, self._waiting)
+                    for _, done in failed:
                         if not done.done():
                             done.set_exception(exc)
+                    if cancelled:
+                        raise
                     continue
                 kept = {(row.user, row.event_id) for row in stored.rows}
                 for rows, done in group:
