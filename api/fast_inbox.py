@@ -14,8 +14,6 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl
 
-from rest_framework import exceptions
-
 from realtime import inbox
 from realtime.scope import header
 
@@ -51,10 +49,5 @@ class FastInboxApp:
             return (await inbox.acounts_of([user]))[user]
         query = scope.get("query_string", b"").decode("latin-1")
         attrs = list_query(dict(parse_qsl(query, keep_blank_values=True)))
-        try:
-            found = await inbox.apage(
-                user, attrs.get("status"), attrs.get("category"), attrs["limit"], attrs.get("cursor")
-            )
-        except inbox.BadCursor as exc:
-            raise exceptions.ValidationError({"cursor": [str(exc)]}) from None
+        found = await inbox.apage(user, attrs.get("status"), attrs.get("category"), attrs["limit"], attrs.get("cursor"))
         return page_answer(found)

@@ -135,6 +135,13 @@ class ListQuery(serializers.Serializer):
     limit = serializers.IntegerField(min_value=1, max_value=inbox.MAX_PAGE, default=20)
     cursor = serializers.CharField(required=False, max_length=64, trim_whitespace=False)
 
+    def validate_cursor(self, cursor: str) -> int:
+        """The row id the cursor stands for."""
+        try:
+            return inbox.decode_cursor(cursor)
+        except inbox.BadCursor as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
 
 class MarkRequest(serializers.Serializer):
     ids = serializers.ListField(
@@ -171,12 +178,8 @@ class NotificationsView(InboxView):
     )
     def get(self, request: Request, **_: str) -> Response:
         attrs = list_query(request.query_params.dict())
-        try:
-            found = inbox.page(
-                self.user_id(request), attrs.get("status"), attrs.get("category"), attrs["limit"], attrs.get("cursor")
-            )
-        except inbox.BadCursor as exc:
-            raise exceptions.ValidationError({"cursor": [str(exc)]}) from None
+        user = self.user_id(request)
+        found = inbox.page(user, attrs.get("status"), attrs.get("category"), attrs["limit"], attrs.get("cursor"))
         return Response(page_answer(found))
 
 

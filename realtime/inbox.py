@@ -78,26 +78,31 @@ def as_json(row: Notification) -> dict[str, Any]:
 
 def counts_of(users: Iterable[str]) -> dict[str, dict[str, int]]:
     """Each user's `unread`, `unseen` and `total` (not archived): one query for all of them."""
-    return {user: {k: v for k, v in c.items() if k != "stored"} for user, c in _counts(users).items()}
+    return _counts(users, with_archived=False)
 
 
-def _counts(users: Iterable[str]) -> dict[str, dict[str, int]]:
-    """`counts_of`, plus `stored`: every row of the user's, archived ones included."""
+def _counts(users: Iterable[str], with_archived: bool) -> dict[str, dict[str, int]]:
+    """`counts_of`; `with_archived` adds `stored`, every row of the user's, archived ones
+    included (what the retention limit counts), so archived rows are read too."""
     wanted = list(dict.fromkeys(users))
     not_archived = Q(archived_at__isnull=True)
+    rows = Notification.objects.filter(user__in=wanted)
+    if not with_archived:
+        rows = rows.filter(not_archived)
+    extra = {"stored": Count("id")} if with_archived else {}
     found = {
         row.pop("user"): row
-        for row in Notification.objects.filter(user__in=wanted)
-        .values("user")
+        for row in rows.values("user")
         .annotate(
             unread=Count("id", filter=not_archived & Q(read_at__isnull=True)),
             unseen=Count("id", filter=not_archived & Q(seen_at__isnull=True)),
             total=Count("id", filter=not_archived),
-            stored=Count("id"),
+            **extra,
         )
         .order_by()
     }
-    return {user: found.get(user, {"unread": 0, "unseen": 0, "total": 0, "stored": 0}) for user in wanted}
+    zero = {"unread": 0, "unseen": 0, "total": 0, **({"stored": 0} if with_archived else {})}
+    return {user: found.get(user, zero) for user in wanted}
 
 
 @dataclass(frozen=True)
@@ -149,7 +154,7 @@ def _retain(users: list[str]) -> dict[str, dict[str, int]]:
     read or archived rows go first, then the oldest unread."""
     cutoff = timezone.now() - timedelta(days=notifier_settings.INBOX_TTL_DAYS)
     Notification.objects.filter(user__in=users, created_at__lt=cutoff).delete()
-    counts = _counts(users)
+    counts = _counts(users, with_archived=True)
     limit = notifier_settings.INBOX_MAX_PER_USER
     over = {user: c["stored"] - limit for user, c in counts.items() if c["stored"] > limit}
     for user, excess in over.items():
@@ -161,7 +166,7 @@ def _retain(users: list[str]) -> dict[str, dict[str, int]]:
         )
         Notification.objects.filter(id__in=list(oldest)).delete()
     if over:
-        counts.update(_counts(over))
+        counts.update(_counts(over, with_archived=True))
     return {user: {k: v for k, v in c.items() if k != "stored"} for user, c in counts.items()}
 
 
@@ -211,11 +216,12 @@ def set_preferences(user: str, categories: dict[str, dict[str, bool]]) -> dict[s
     return preferences(user)
 
 
-def page(user: str, status: str | None, category: str | None, limit: int, cursor: str | None) -> Page:
-    """One page of `user`'s notifications, newest first, and the user's counts."""
+def page(user: str, status: str | None, category: str | None, limit: int, before: int | None) -> Page:
+    """One page of `user`'s notifications, newest first (those before row `before`, the
+    decoded cursor), and the user's counts."""
     rows = _filtered(Notification.objects.filter(user=user), status, category)
-    if cursor is not None:
-        rows = rows.filter(id__lt=decode_cursor(cursor))
+    if before is not None:
+        rows = rows.filter(id__lt=before)
     found = list(rows.order_by("-id")[: limit + 1])
     more = len(found) > limit
     found = found[:limit]

@@ -169,6 +169,13 @@ class Process:
 POSTGRES_URL_VARIABLE = "NOTIFIER_TEST_DATABASE_URL"
 
 
+def maintenance_connection(config: dict[str, Any]) -> dict[str, Any]:
+    """psycopg.connect's arguments for the server's `postgres` database, as the Django database
+    settings `config` reach the server (to create and drop databases there)."""
+    connect = {"dbname": "postgres", "user": config.get("USER") or None, "password": config.get("PASSWORD") or None}
+    return connect | {"host": config.get("HOST") or None, "port": config.get("PORT") or None}
+
+
 def postgres_database_settings(name: str) -> dict[str, Any]:
     """Django settings for a database `name` on a real PostgreSQL server: the machine's (local
     socket, the current user's role) unless NOTIFIER_TEST_DATABASE_URL names another. Fails,
@@ -180,8 +187,7 @@ def postgres_database_settings(name: str) -> dict[str, Any]:
     url = os.environ.get(POSTGRES_URL_VARIABLE) or f"postgres:///{name}"
     config = dj_database_url.parse(url)
     config["NAME"] = name
-    connect = {"dbname": "postgres", "user": config.get("USER") or None, "password": config.get("PASSWORD") or None}
-    connect |= {"host": config.get("HOST") or None, "port": config.get("PORT") or None}
+    connect = maintenance_connection(config)
     try:
         psycopg.connect(**connect, connect_timeout=5).close()
     except psycopg.OperationalError as exc:
@@ -211,8 +217,7 @@ def create_postgres_database(name: str) -> str:
     from psycopg import sql
 
     config = postgres_database_settings(name)
-    connect = {"dbname": "postgres", "user": config.get("USER") or None, "password": config.get("PASSWORD") or None}
-    connect |= {"host": config.get("HOST") or None, "port": config.get("PORT") or None}
+    connect = maintenance_connection(config)
     with psycopg.connect(**connect, autocommit=True, connect_timeout=5) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -230,8 +235,7 @@ def drop_postgres_database(url: str) -> None:
     from psycopg import sql
 
     config = dj_database_url.parse(url)
-    connect = {"dbname": "postgres", "user": config.get("USER") or None, "password": config.get("PASSWORD") or None}
-    connect |= {"host": config.get("HOST") or None, "port": config.get("PORT") or None}
+    connect = maintenance_connection(config)
     with psycopg.connect(**connect, autocommit=True, connect_timeout=5) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(config["NAME"])))
 
