@@ -1,4 +1,7 @@
-"""The inbox in the Django admin: browse a user's notifications, and their counts per category."""
+"""The inbox in the Django admin: browse a user's notifications, and their counts per category.
+
+Read-only: a change made here would skip the user's counters and the `inbox.changed` event that
+keeps their open tabs right; changes go through the API (`/api/users/<user>/inbox…`)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from django.contrib import admin, messages
 from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse
 
-from .models import InboxPreference, Notification
+from .models import InboxCounter, InboxPreference, Notification
 
 
 class ReadFilter(admin.SimpleListFilter):
@@ -37,6 +40,15 @@ class NotificationAdmin(admin.ModelAdmin):
     ordering = ["-id"]
     show_full_result_count = False  # a COUNT(*) over every user's rows on each page: no
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Notification | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Notification | None = None) -> bool:
+        return False
+
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         """Searching for one user (`=user`) also shows their counts per category."""
         user = request.GET.get("q", "").strip()
@@ -48,8 +60,10 @@ class NotificationAdmin(admin.ModelAdmin):
                 .order_by("category")
             )
             summary = ", ".join(f"{r['category'] or '(none)'}: {r['total']} ({r['unread']} unread)" for r in rows)
-            if summary:
-                self.message_user(request, f"{user}'s inbox by category: {summary}", messages.INFO)
+            counter = InboxCounter.objects.filter(user=user).first()
+            if summary and counter is not None:
+                badge = f"{counter.unread} unread, {counter.unseen} unseen, {counter.total} not archived"
+                self.message_user(request, f"{user}'s inbox ({badge}) by category: {summary}", messages.INFO)
         return super().changelist_view(request, extra_context)
 
 

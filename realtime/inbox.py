@@ -6,7 +6,9 @@ realtime/publish.py's (`apublish` stores rows with the event it publishes;
 `apublish_inbox_change` after a mark or delete), so this module imports nothing that publishes.
 
 Lists are newest first by row id, the cursor being the last id seen: rows added while a client
-pages have higher ids, so paging has no duplicate and no gap. Counts exclude archived rows.
+pages have higher ids, so paging has no duplicate and no gap. Counts exclude archived rows; they
+are each user's InboxCounter, which every change here keeps in the same transaction (reading the
+state of the rows it changes first, under the user's lock), so no read counts rows.
 """
 
 from __future__ import annotations
@@ -15,25 +17,24 @@ import asyncio
 import base64
 import binascii
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections, transaction
-from django.db.models import Case, Count, Q, QuerySet, Value, When
+from django.db import close_old_connections, connection, transaction
+from django.db.models import BooleanField, Case, Count, ExpressionWrapper, Q, QuerySet, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from .conf import notifier_settings
-from .models import InboxPreference, Notification
+from .models import InboxCounter, InboxPreference, Notification
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 STATUSES = ("unread", "read", "archived", "all")  # and None: everything not archived
-MARKS = ("read", "unread", "seen", "archived", "unarchived")
 MARKS_FOR_ALL = ("read", "seen", "archived")
 MAX_PAGE = 100
 
@@ -77,32 +78,61 @@ def as_json(row: Notification) -> dict[str, Any]:
 
 
 def counts_of(users: Iterable[str]) -> dict[str, dict[str, int]]:
-    """Each user's `unread`, `unseen` and `total` (not archived): one query for all of them."""
-    return _counts(users, with_archived=False)
-
-
-def _counts(users: Iterable[str], with_archived: bool) -> dict[str, dict[str, int]]:
-    """`counts_of`; `with_archived` adds `stored`, every row of the user's, archived ones
-    included (what the retention limit counts), so archived rows are read too."""
+    """Each user's `unread`, `unseen` and `total` (not archived), from their counters: one query
+    for all of them, reading no notification."""
     wanted = list(dict.fromkeys(users))
-    not_archived = Q(archived_at__isnull=True)
-    rows = Notification.objects.filter(user__in=wanted)
-    if not with_archived:
-        rows = rows.filter(not_archived)
-    extra = {"stored": Count("id")} if with_archived else {}
     found = {
-        row.pop("user"): row
-        for row in rows.values("user")
-        .annotate(
-            unread=Count("id", filter=not_archived & Q(read_at__isnull=True)),
-            unseen=Count("id", filter=not_archived & Q(seen_at__isnull=True)),
-            total=Count("id", filter=not_archived),
-            **extra,
-        )
-        .order_by()
+        user: _as_counts(values)
+        for user, *values in InboxCounter.objects.filter(user__in=wanted).values_list("user", *_COUNTERS)
     }
-    zero = {"unread": 0, "unseen": 0, "total": 0, **({"stored": 0} if with_archived else {})}
-    return {user: found.get(user, zero) for user in wanted}
+    return {user: found.get(user, _as_counts(_NOTHING)) for user in wanted}
+
+
+class State(NamedTuple):
+    """A notification's read state, as the counters see it."""
+
+    read: bool
+    seen: bool
+    archived: bool
+
+
+NEW = State(read=False, seen=False, archived=False)
+_COUNTERS = ("unread", "unseen", "total", "stored")
+_NOTHING = (0, 0, 0, 0)
+_CHUNK = 500  # rows per statement: far below SQLite's and PostgreSQL's parameter limits
+
+
+def _weight(state: State | None) -> tuple[int, int, int, int]:
+    """What one notification in `state` (None: no notification) adds to each counter."""
+    if state is None:
+        return _NOTHING
+    live = not state.archived
+    return (int(live and not state.read), int(live and not state.seen), int(live), 1)
+
+
+class _Mark(NamedTuple):
+    changes: Q  # the rows a mark changes (so the number updated is the number changed)
+    values: Callable[[datetime], dict[str, Any]]  # what it sets
+    after: Callable[[State], State]
+
+
+_MARKS = {
+    # read implies seen: one statement sets both
+    "read": _Mark(
+        Q(read_at__isnull=True),
+        lambda at: {"read_at": at, "seen_at": Coalesce("seen_at", Value(at))},
+        lambda s: State(True, True, s.archived),
+    ),
+    "unread": _Mark(Q(read_at__isnull=False), lambda at: {"read_at": None}, lambda s: State(False, s.seen, s.archived)),
+    "seen": _Mark(Q(seen_at__isnull=True), lambda at: {"seen_at": at}, lambda s: State(s.read, True, s.archived)),
+    "archived": _Mark(
+        Q(archived_at__isnull=True), lambda at: {"archived_at": at}, lambda s: State(s.read, s.seen, True)
+    ),
+    "unarchived": _Mark(
+        Q(archived_at__isnull=False), lambda at: {"archived_at": None}, lambda s: State(s.read, s.seen, False)
+    ),
+}
+MARKS = tuple(_MARKS)
 
 
 @dataclass(frozen=True)
@@ -117,23 +147,16 @@ def store(rows: Sequence[Row]) -> Stored:
     what was stored with the users' new counts."""
     with transaction.atomic():
         rows = _not_muted(rows)
-        Notification.objects.bulk_create(
-            [
-                Notification(
-                    user=r.user,
-                    event_id=r.event_id,
-                    event=r.event,
-                    data=r.data,
-                    category=r.category,
-                    channel=r.channel,
-                )
-                for r in rows
-            ],
-            ignore_conflicts=True,
-        )
-        users = list(dict.fromkeys(r.user for r in rows))
-        counts = _retain(users)
-        return Stored(rows, {user: counts[user] for user in users})
+        if not rows:
+            return Stored([], {})
+        users = sorted({r.user for r in rows})
+        before = _add_to_counters(dict.fromkeys(users, _NOTHING))  # takes the users' locks
+        deltas: dict[str, list[int]] = {user: list(_NOTHING) for user in users}
+        for user in _insert(rows):
+            _add(deltas, user, _weight(NEW))
+        _retain(users, before, deltas)
+        after = _add_to_counters(deltas)
+        return Stored(rows, {user: _as_counts(after[user]) for user in users})
 
 
 def _not_muted(rows: Sequence[Row]) -> list[Row]:
@@ -148,26 +171,56 @@ def _not_muted(rows: Sequence[Row]) -> list[Row]:
     return [r for r in rows if (r.user, r.category) not in muted]
 
 
-def _retain(users: list[str]) -> dict[str, dict[str, int]]:
-    """Apply NOTIFIER_INBOX_TTL_DAYS and NOTIFIER_INBOX_MAX_PER_USER to `users` (only theirs:
-    no full-table scan on the publish path) and return their counts. Over the limit, the oldest
-    read or archived rows go first, then the oldest unread."""
+def _insert(rows: Sequence[Row]) -> list[str]:
+    """Insert `rows`, leaving one already stored as it is; the user of each row inserted. The
+    ORM's bulk insert cannot say which rows a conflict skipped, so this is its SQL (values
+    prepared by the model's fields, as the ORM prepares them) with RETURNING, which
+    PostgreSQL and SQLite both have."""
+    fields = [Notification._meta.get_field(name) for name in _INSERTED]
+    table, user, event_id = (connection.ops.quote_name(n) for n in (Notification._meta.db_table, "user", "event_id"))
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)  # type: ignore[union-attr,arg-type]
+    one = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    now = timezone.now()
+    inserted: list[str] = []
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            params = [
+                field.get_db_prep_save(value, connection)  # type: ignore[union-attr]
+                for r in chunk
+                for field, value in zip(
+                    fields, (r.user, r.event_id, r.event, r.data, r.category, r.channel, now), strict=True
+                )
+            ]
+            cursor.execute(  # names from the model, values as parameters
+                f"INSERT INTO {table} ({columns}) VALUES {', '.join([one] * len(chunk))} "  # noqa: S608
+                f"ON CONFLICT ({user}, {event_id}) DO NOTHING RETURNING {user}",
+                params,
+            )
+            inserted += [found for (found,) in cursor.fetchall()]
+    return inserted
+
+
+_INSERTED = ("user", "event_id", "event", "data", "category", "channel", "created_at")
+
+
+def _retain(users: list[str], before: Mapping[str, Sequence[int]], deltas: dict[str, list[int]]) -> None:
+    """Apply NOTIFIER_INBOX_TTL_DAYS and NOTIFIER_INBOX_MAX_PER_USER to `users` (only theirs: no
+    full-table scan on the publish path), whose counters were `before` and change by `deltas`.
+    Over the limit, the oldest read or archived rows go first, then the oldest unread."""
     cutoff = timezone.now() - timedelta(days=notifier_settings.INBOX_TTL_DAYS)
-    Notification.objects.filter(user__in=users, created_at__lt=cutoff).delete()
-    counts = _counts(users, with_archived=True)
+    _delete(Notification.objects.filter(user__in=users, created_at__lt=cutoff), deltas)
     limit = notifier_settings.INBOX_MAX_PER_USER
-    over = {user: c["stored"] - limit for user, c in counts.items() if c["stored"] > limit}
-    for user, excess in over.items():
-        done = Q(read_at__isnull=False) | Q(archived_at__isnull=False)
-        oldest = (
-            Notification.objects.filter(user=user)
-            .order_by(Case(When(done, then=0), default=1), "id")
-            .values_list("id", flat=True)[:excess]
-        )
-        Notification.objects.filter(id__in=list(oldest)).delete()
-    if over:
-        counts.update(_counts(over, with_archived=True))
-    return {user: {k: v for k, v in c.items() if k != "stored"} for user, c in counts.items()}
+    for user in users:
+        excess = before[user][3] + deltas[user][3] - limit
+        if excess > 0:
+            done = Q(read_at__isnull=False) | Q(archived_at__isnull=False)
+            oldest = (
+                Notification.objects.filter(user=user)
+                .order_by(Case(When(done, then=0), default=1), "id")
+                .values_list("id", flat=True)[:excess]
+            )
+            _delete(Notification.objects.filter(id__in=list(oldest)), deltas)
 
 
 def forget(rows: Sequence[Row]) -> None:
@@ -176,24 +229,61 @@ def forget(rows: Sequence[Row]) -> None:
     for r in rows:
         by_event.setdefault(r.event_id, []).append(r.user)
     with transaction.atomic():
+        _lock({r.user for r in rows})
+        deltas: dict[str, list[int]] = {}
         for event_id, users in by_event.items():
-            Notification.objects.filter(event_id=event_id, user__in=users).delete()
+            _delete(Notification.objects.filter(event_id=event_id, user__in=users), deltas)
+        _add_to_counters(deltas)
 
 
-def expire() -> int:
-    """Delete every notification older than NOTIFIER_INBOX_TTL_DAYS (an index range scan); the
-    publish path does it only for the users it stores for (`manage.py expire_inbox`)."""
+def expire(batch: int = 1000) -> int:
+    """Delete every notification older than NOTIFIER_INBOX_TTL_DAYS (an index range scan, `batch`
+    rows per transaction); the publish path does it only for the users it stores for
+    (`manage.py expire_inbox`)."""
     cutoff = timezone.now() - timedelta(days=notifier_settings.INBOX_TTL_DAYS)
-    deleted, _ = Notification.objects.filter(created_at__lt=cutoff).delete()
-    return deleted
+    deleted = 0
+    while True:
+        with transaction.atomic():
+            old = list(
+                Notification.objects.filter(created_at__lt=cutoff)
+                .order_by("created_at")
+                .values_list("id", "user")[:batch]
+            )
+            if not old:
+                return deleted
+            _lock({user for _, user in old})
+            deltas: dict[str, list[int]] = {}
+            deleted += _delete(Notification.objects.filter(id__in=[i for i, _ in old], created_at__lt=cutoff), deltas)
+            _add_to_counters(deltas)
 
 
 def erase(user: str) -> int:
-    """Delete every notification and preference of `user` (a data-protection request)."""
+    """Delete every notification, preference and counter of `user` (a data-protection request)."""
     with transaction.atomic():
+        _lock([user])
         InboxPreference.objects.filter(user=user).delete()
         deleted, _ = Notification.objects.filter(user=user).delete()
+        InboxCounter.objects.filter(user=user).delete()
         return deleted
+
+
+def recount(users: Iterable[str] | None = None) -> int:
+    """Set the counters of `users` (None: everyone with notifications or counters) from their
+    rows, for rows written around this module (a bulk load, SQL by hand); how many users.
+    `manage.py recount_inbox`."""
+    if users is None:
+        everyone = Notification.objects.values_list("user", flat=True).distinct().order_by()
+        users = {*everyone, *InboxCounter.objects.values_list("user", flat=True)}
+    wanted = sorted(set(users))
+    for start in range(0, len(wanted), _CHUNK):
+        chunk = wanted[start : start + _CHUNK]
+        with transaction.atomic():
+            _add_to_counters(dict.fromkeys(chunk, _NOTHING))  # takes their locks
+            counts = {user: list(_NOTHING) for user in chunk}
+            for user, state, n in _states(Notification.objects.filter(user__in=chunk)):
+                _add(counts, user, _weight(state), n)
+            _add_to_counters(counts, replace=True)
+    return len(wanted)
 
 
 def preferences(user: str) -> dict[str, dict[str, bool]]:
@@ -237,33 +327,106 @@ def mark(
 ) -> tuple[int, dict[str, int]]:
     """Mark `ids` (None: all, optionally of one category) of `user`'s notifications; the number
     changed and the new counts. Other users' ids are not touched, and not told apart."""
-    at = timezone.now()
-    rows = Notification.objects.filter(user=user)
-    if ids is not None:
-        rows = rows.filter(event_id__in=list(ids))
-    elif category is not None:
-        rows = rows.filter(category=category)
+    change = _MARKS.get(mark_as)
+    if change is None:
+        raise ValueError(f"unknown mark {mark_as!r}")
     with transaction.atomic():
-        if mark_as == "read":  # read implies seen: one statement sets both
-            updated = rows.filter(read_at__isnull=True).update(read_at=at, seen_at=Coalesce("seen_at", Value(at)))
-        elif mark_as == "unread":
-            updated = rows.filter(read_at__isnull=False).update(read_at=None)
-        elif mark_as == "seen":
-            updated = rows.filter(seen_at__isnull=True).update(seen_at=at)
-        elif mark_as == "archived":
-            updated = rows.filter(archived_at__isnull=True).update(archived_at=at)
-        elif mark_as == "unarchived":
-            updated = rows.filter(archived_at__isnull=False).update(archived_at=None)
-        else:
-            raise ValueError(f"unknown mark {mark_as!r}")
-        return updated, counts_of([user])[user]
+        current = _lock([user])
+        if user not in current:  # no counter: no notification
+            return 0, _as_counts(_NOTHING)
+        rows = Notification.objects.filter(change.changes, user=user)
+        if ids is not None:
+            rows = rows.filter(event_id__in=list(ids))
+        elif category is not None:
+            rows = rows.filter(category=category)
+        deltas = _changes(rows, change.after)
+        if not deltas:
+            return 0, _as_counts(current[user])
+        updated = rows.update(**change.values(timezone.now()))
+        return updated, _as_counts(_add_to_counters(deltas)[user])
 
 
 def delete(user: str, event_id: str) -> dict[str, int] | None:
     """Delete one of `user`'s notifications: the new counts, or None when there is no such one."""
     with transaction.atomic():
-        deleted, _ = Notification.objects.filter(user=user, event_id=event_id).delete()
-        return counts_of([user])[user] if deleted else None
+        if not _lock([user]):
+            return None
+        deltas: dict[str, list[int]] = {}
+        if not _delete(Notification.objects.filter(user=user, event_id=event_id), deltas):
+            return None
+        return _as_counts(_add_to_counters(deltas)[user])
+
+
+def _lock(users: Iterable[str]) -> dict[str, tuple[int, ...]]:
+    """Lock the counters of those of `users` who have one, in user order, and read them. Every
+    change of a user's rows takes this lock first (or `_add_to_counters`' for new users), so
+    no other change of their rows runs meanwhile and the counts read before a change are exact;
+    in one order, so two transactions never wait for each other in a cycle. (SQLite writes
+    one transaction at a time: it has no row locks, nor needs them.)"""
+    found = InboxCounter.objects.select_for_update().filter(user__in=list(users)).order_by("user")
+    return {user: tuple(values) for user, *values in found.values_list("user", *_COUNTERS)}
+
+
+def _add_to_counters(deltas: Mapping[str, Sequence[int]], replace: bool = False) -> dict[str, tuple[int, ...]]:
+    """Add `deltas` to their users' counters (or, `replace`, set them), creating those missing,
+    in user order like `_lock`, whose lock this takes too; the new values. One upsert per
+    chunk of users (RETURNING, on PostgreSQL and SQLite)."""
+    table, user = (connection.ops.quote_name(n) for n in (InboxCounter._meta.db_table, "user"))
+    sets = ", ".join(f"{c} = EXCLUDED.{c}" if replace else f"{c} = {table}.{c} + EXCLUDED.{c}" for c in _COUNTERS)
+    users = sorted(deltas)
+    found: dict[str, tuple[int, ...]] = {}
+    with connection.cursor() as cursor:
+        for start in range(0, len(users), _CHUNK):
+            chunk = users[start : start + _CHUNK]
+            cursor.execute(  # names from the model, values as parameters
+                f"INSERT INTO {table} ({user}, {', '.join(_COUNTERS)}) VALUES "  # noqa: S608
+                + ", ".join(["(%s, %s, %s, %s, %s)"] * len(chunk))
+                + f" ON CONFLICT ({user}) DO UPDATE SET {sets} RETURNING {user}, {', '.join(_COUNTERS)}",
+                [value for u in chunk for value in (u, *deltas[u])],  # type: ignore[misc]
+            )
+            found.update({row[0]: tuple(row[1:]) for row in cursor.fetchall()})
+    return found
+
+
+def _states(rows: QuerySet[Notification]) -> list[tuple[str, State, int]]:
+    """How many of `rows` each user has in each state: one grouped query."""
+    flags = {
+        f"is_{name}": ExpressionWrapper(Q(**{f"{name}_at__isnull": False}), output_field=BooleanField())
+        for name in State._fields
+    }
+    grouped = rows.order_by().annotate(**flags).values_list("user", *flags).annotate(n=Count("id"))
+    return [(user, State(bool(read), bool(seen), bool(archived)), n) for user, read, seen, archived, n in grouped]
+
+
+def _changes(rows: QuerySet[Notification], after: Callable[[State], State | None]) -> dict[str, list[int]]:
+    """What changing each of `rows` from its state to `after(state)` (None: deleting it) does
+    to each user's counters: read before the change, under the users' locks."""
+    deltas: dict[str, list[int]] = {}
+    for user, state, n in _states(rows):
+        _add(deltas, user, tuple(a - b for a, b in zip(_weight(after(state)), _weight(state), strict=True)), n)
+    return deltas
+
+
+def _delete(rows: QuerySet[Notification], deltas: dict[str, list[int]]) -> int:
+    """Delete `rows`, adding what that does to `deltas`; how many. No DELETE when there is none
+    (the usual case of the retention checks on the publish path)."""
+    changes = _changes(rows, lambda state: None)
+    if not changes:
+        return 0
+    deleted, _ = rows.delete()
+    for user, change in changes.items():
+        _add(deltas, user, change)
+    return deleted
+
+
+def _add(deltas: dict[str, list[int]], user: str, change: Sequence[int], times: int = 1) -> None:
+    into = deltas.setdefault(user, list(_NOTHING))
+    for i, value in enumerate(change):
+        into[i] += value * times
+
+
+def _as_counts(values: Sequence[int]) -> dict[str, int]:
+    return {"unread": values[0], "unseen": values[1], "total": values[2]}
 
 
 def encode_cursor(row_id: int) -> str:
