@@ -142,28 +142,28 @@ def test_concurrent_changes_of_one_users_inbox_keep_the_counters_exact() -> None
         rng = random.Random(n)
         try:
             start.wait()
-            with override_settings(NOTIFIER={**settings.NOTIFIER, "INBOX_MAX_PER_USER": 30}):
-                for _ in range(60):
-                    event_id = uuid.uuid4().hex
-                    targets = rng.sample(users, 3)
-                    inbox.store([inbox.Row(u, event_id, "e", None, "orders", f"user:{u}") for u in targets])
-                    user = rng.choice(users)
-                    inbox.mark(user, rng.choice(inbox.MARKS_FOR_ALL) if rng.random() < 0.3 else "read", None)
-                    inbox.mark(user, "unread", [event_id])
-                    if rng.random() < 0.2:
-                        inbox.delete(user, event_id)
-                    if rng.random() < 0.1:
-                        inbox.expire()
+            for _ in range(60):
+                event_id = uuid.uuid4().hex
+                targets = rng.sample(users, 3)
+                inbox.store([inbox.Row(u, event_id, "e", None, "orders", f"user:{u}") for u in targets])
+                user = rng.choice(users)
+                inbox.mark(user, rng.choice(inbox.MARKS_FOR_ALL) if rng.random() < 0.3 else "read", None)
+                inbox.mark(user, "unread", [event_id])
+                if rng.random() < 0.2:
+                    inbox.delete(user, event_id)
+                if rng.random() < 0.1:
+                    inbox.expire()
         except BaseException as exc:  # noqa: BLE001 - reported by the test below
             errors.append(exc)
         finally:
             connections.close_all()
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=240)
+    with override_settings(NOTIFIER={**settings.NOTIFIER, "INBOX_MAX_PER_USER": 30}):  # here: settings are global
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=240)
     assert not any(t.is_alive() for t in threads), "a writer hung"
     assert not errors, errors
     assert kept(users) == counted(users)
