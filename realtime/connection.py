@@ -27,12 +27,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import frames, metrics
+from . import events, frames, metrics
 from .codes import CloseCode
 from .history import Position
 
@@ -135,7 +134,7 @@ class Connection:
     """A socket's outbox, liveness and subscriptions."""
 
     def __init__(self, send: Send, user: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-        self.id = uuid.uuid4().hex
+        self.id = events.random_hex(16)
         self.user = user
         self.subscriptions: set[str] = set()
         self.presence_channels: set[str] = set()

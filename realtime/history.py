@@ -23,7 +23,6 @@ seen themselves: a channel behind the offset they delivered, in the same epoch (
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -32,7 +31,7 @@ from typing import Protocol
 
 from django.core.exceptions import ImproperlyConfigured
 
-from . import rewinds
+from . import events, rewinds
 from .conf import notifier_settings
 from .frames import FrameTemplate
 from .redis import LuaScript, Replicas, get_redis
@@ -112,7 +111,7 @@ def history_limits(channel: str, size: int | None, ttl_secs: int | None) -> tupl
 
 
 def new_epoch() -> str:
-    return secrets.token_hex(4)
+    return events.random_hex(4)
 
 
 def _complete(after: int, latest: int, frames: list[tuple[int, str]]) -> bool:
