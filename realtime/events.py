@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
 from typing import Any
@@ -35,16 +36,20 @@ class _RandomPool:
     def __init__(self) -> None:
         self._bytes = b""
         self._at = 0
+        self._lock = threading.Lock()  # sync publishes take ids from other threads too
 
     def take(self, n: int) -> bytes:
-        if self._at + n > len(self._bytes):
-            self._bytes, self._at = os.urandom(max(self.SIZE, n)), 0
-        self._at += n
-        return self._bytes[self._at - n : self._at]
+        with self._lock:
+            at = self._at
+            if at + n > len(self._bytes):
+                self._bytes, at = os.urandom(max(self.SIZE, n)), 0
+            self._at = at + n
+            return self._bytes[at : at + n]
 
     def forget(self) -> None:
-        """After a fork: the child must not hand out the parent's next ids."""
-        self._bytes, self._at = b"", 0
+        """After a fork: the child must not hand out the parent's next ids (nor wait on a lock
+        a parent's thread held at the fork)."""
+        self._bytes, self._at, self._lock = b"", 0, threading.Lock()
 
 
 _random = _RandomPool()
