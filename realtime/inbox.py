@@ -180,12 +180,24 @@ def _insert(rows: Sequence[Row]) -> list[str]:
     at = connection.ops.adapt_datetimefield_value(timezone.now())
     found = _insert_returning(
         Notification._meta.db_table,
-        {"user": "varchar", "event_id": "varchar", "event": "varchar", "data": "jsonb", "category": "varchar"}
-        | {"channel": "varchar", "created_at": "timestamptz"},
+        _STORED_COLUMNS,
         [(r.user, r.event_id, r.event, _json(r.data), r.category, r.channel, at) for r in rows],
         f"ON CONFLICT ({qn('user')}, {qn('event_id')}) DO NOTHING RETURNING {qn('user')}",
     )
     return [user for (user,) in found]
+
+
+# What `_insert_returning` writes, each column with its PostgreSQL type.
+_STORED_COLUMNS = {
+    "user": "varchar",
+    "event_id": "varchar",
+    "event": "varchar",
+    "data": "jsonb",
+    "category": "varchar",
+    "channel": "varchar",
+    "created_at": "timestamptz",
+}
+_COUNTER_COLUMNS = {"user": "varchar"} | dict.fromkeys(_COUNTERS, "integer")
 
 
 def _json(data: Any) -> str | None:
@@ -395,7 +407,7 @@ def _add_to_counters(deltas: Mapping[str, Sequence[int]], replace: bool = False)
     sets = ", ".join(f"{c} = EXCLUDED.{c}" if replace else f"{c} = {table}.{c} + EXCLUDED.{c}" for c in _COUNTERS)
     found = _insert_returning(
         InboxCounter._meta.db_table,
-        {"user": "varchar"} | dict.fromkeys(_COUNTERS, "integer"),
+        _COUNTER_COLUMNS,
         [(u, *deltas[u]) for u in sorted(deltas)],
         f"ON CONFLICT ({user}) DO UPDATE SET {sets} RETURNING {user}, {', '.join(_COUNTERS)}",
     )

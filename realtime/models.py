@@ -42,7 +42,8 @@ class Notification(models.Model):
 class InboxCounter(models.Model):
     """A user's counts, kept by every change of their notifications in the same transaction
     (realtime/inbox.py), so reading the badge counts no rows. Its row is also the user's lock:
-    every change takes it first, so changes of one user's inbox run one at a time."""
+    every change takes it before it reads or changes the user's rows, so changes of one user's
+    inbox run one at a time."""
 
     user = models.CharField(max_length=MAX_USER_ID_LENGTH, primary_key=True)
     unread = models.IntegerField(default=0)  # not read, not archived
