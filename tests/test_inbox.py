@@ -256,3 +256,16 @@ def test_notifications_past_their_age_are_expired(backend: APIClient) -> None:
     assert not Notification.objects.filter(event_id=old).exists()
     notify(backend, {"user": "o1", "event": "new", "inbox": True})
     assert Notification.objects.filter(user="o1").count() == 1
+
+
+def test_a_store_expires_its_users_old_notifications_only(backend: APIClient) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    old = {user: notify(backend, {"user": user, "event": "old", "inbox": True})["id"] for user in ("p1", "p2")}
+    Notification.objects.filter(event_id__in=old.values()).update(created_at=timezone.now() - timedelta(days=91))
+    notify(backend, {"user": "p1", "event": "new", "inbox": True})
+    assert list(Notification.objects.filter(user="p1").values_list("event", flat=True)) == ["new"]
+    assert Notification.objects.filter(event_id=old["p2"]).exists()  # not p1's: left to expire_inbox
+    assert as_user("p1").get("/api/inbox/counts").json() == {"unread": 1, "unseen": 1, "total": 1}
