@@ -1,7 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from . import inbox, views
+from . import inbox, push, views
 
 urlpatterns = [
     path("notify", views.NotifyView.as_view(), name="notify"),
@@ -22,6 +22,15 @@ urlpatterns = [
         "users/<str:user>/inbox/<str:notification_id>",
         inbox.UserNotificationView.as_view(),
         name="user-inbox-notification",
+    ),
+    path("push/key", push.KeyView.as_view(), name="push-key"),
+    path("push/subscriptions", push.SubscriptionsView.as_view(), name="push-subscriptions"),
+    path("push/subscriptions/<int:subscription_id>", push.SubscriptionView.as_view(), name="push-subscription"),
+    path("users/<str:user>/push/subscriptions", push.UserSubscriptionsView.as_view(), name="user-push-subscriptions"),
+    path(
+        "users/<str:user>/push/subscriptions/<int:subscription_id>",
+        push.UserSubscriptionView.as_view(),
+        name="user-push-subscription",
     ),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

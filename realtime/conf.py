@@ -59,6 +59,18 @@ DEFAULTS: dict[str, Any] = {
     # Stored notifications per user (the oldest read or archived go first) and their age.
     "INBOX_MAX_PER_USER": 1000,
     "INBOX_TTL_DAYS": 90,
+    # Web Push (DESIGN §11): the VAPID private key (base64url of the 32-byte P-256 scalar, as
+    # `manage.py generate_vapid_keys` prints it) and the contact push services may use
+    # (`mailto:` or `https:`). Unset key: no Web Push (the embedded mode makes one per checkout).
+    "VAPID_PRIVATE_KEY": "",
+    "VAPID_SUBJECT": "",
+    # Outbound requests (pushes, webhooks) may go to http:// and to loopback or private
+    # addresses: for tests and intranets only.
+    "OUTBOUND_ALLOW_PRIVATE": False,
+    "OUTBOUND_TIMEOUT_SECS": 5,
+    # How often Celery beat queues again the pushes whose task was lost (a killed worker); a
+    # push is taken for lost once it is this many seconds twice past due.
+    "PUSH_SWEEP_SECS": 15,
     # Namespace (the part of a channel name before ":") -> policy overrides; see
     # realtime.channels.NamespacePolicy. "" is the namespace of names without ":".
     # NOTIFIER_NAMESPACES: JSON {"namespace": {"public": bool, "client_publish": bool, ...}}.

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from .bridge import background_loop
 from .conf import notifier_settings
 from .redis import get_redis
 
@@ -43,6 +44,11 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "notifier_slow_consumer_disconnects": ("Sockets closed with 4002 because they stopped reading.", ()),
     "notifier_redis_errors": ("Redis operations that failed.", ("operation",)),
+    "notifier_pushes": (
+        "Web Push attempts, by outcome: sent, retry, gone (subscription deleted), rejected, expired.",
+        ("outcome",),
+    ),
+    "notifier_database_errors": ("Database operations that failed.", ("operation",)),
 }
 GAUGES: dict[str, str] = {
     "notifier_open_connections": "Open connections.",
@@ -107,7 +113,9 @@ class LocalMetrics:
             return
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:
+        except RuntimeError:  # sync code (a Celery task): flush from this process's publishing loop
+            if self._flusher is None or self._flusher.done():
+                background_loop().call_soon_threadsafe(self._ensure_flusher)
             return
         if self._flusher is None or self._flusher.done() or self._flusher_loop is not loop:
             self._flusher_loop = loop

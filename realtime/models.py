@@ -1,4 +1,5 @@
-"""What outlives a connection: each user's stored notifications (the inbox, DESIGN §10)."""
+"""What outlives a connection: each user's stored notifications (the inbox, DESIGN §10), and
+their browsers' push subscriptions with each push's delivery (DESIGN §11)."""
 
 from __future__ import annotations
 
@@ -68,3 +69,58 @@ class InboxPreference(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user}/{self.category}: inbox={self.inbox} push={self.push}"
+
+
+class PushSubscription(models.Model):
+    """A browser's Web Push subscription (`PushSubscription.toJSON()`), for one user. The
+    endpoint is the push service's URL for that browser: unique, since one browser is one user
+    at a time (registering it again moves it to whoever registered it last)."""
+
+    user = models.CharField(max_length=MAX_USER_ID_LENGTH, db_index=True)
+    endpoint = models.CharField(max_length=2048, unique=True)
+    p256dh = models.CharField(max_length=128)  # the browser's ECDH public key, base64url
+    auth = models.CharField(max_length=64)  # the shared auth secret, base64url
+    expires_at = models.DateTimeField(null=True, blank=True)  # `expirationTime`, if the browser gave one
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.user}: {self.endpoint[:60]}"
+
+
+class PushDelivery(models.Model):
+    """One push of one event to one subscription, and where it stands. Unique per (event,
+    subscription): however often the task runs (retries, a restarted worker), it is sent once.
+    A worker takes it by moving it to `sending` with a lease; one that dies mid-send leaves
+    the lease to run out, and the push is tried again."""
+
+    PENDING, SENDING, SENT, FAILED = "pending", "sending", "sent", "failed"
+    STATUSES = [(s, s) for s in (PENDING, SENDING, SENT, FAILED)]
+
+    event_id = models.CharField(max_length=64)
+    subscription = models.ForeignKey(PushSubscription, on_delete=models.CASCADE, related_name="deliveries")
+    user = models.CharField(max_length=MAX_USER_ID_LENGTH)
+    payload = models.JSONField()  # what the browser decrypts (DESIGN §11)
+    ttl = models.PositiveIntegerField()  # seconds the push service may keep it; also how long we retry
+    urgency = models.CharField(max_length=16, blank=True)
+    status = models.CharField(max_length=16, choices=STATUSES, default=PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    give_up_at = models.DateTimeField()
+    last_status = models.PositiveIntegerField(null=True, blank=True)  # the push service's last HTTP status
+    last_error = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "push deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["event_id", "subscription"], name="push_once_per_event_and_subscription")
+        ]
+        indexes = [
+            # What is due: the sweep that picks up pushes whose task was lost.
+            models.Index(fields=["status", "next_attempt_at"], name="push_due"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} -> {self.subscription_id} ({self.status})"

@@ -16,6 +16,7 @@ from rest_framework import serializers
 from .channels import InvalidChannel, personal_channel, policy_of, validate_channel
 from .conf import notifier_settings
 from .publish import MAX_EVENT_NAME_LENGTH, PublishRequest, Targets
+from .push import MAX_TTL_SECS, URGENCIES, WHEN, PushSpec
 
 USER_ID_RE = re.compile(r"[A-Za-z0-9_.\-@=]{1,64}")
 CATEGORY_RE = re.compile(r"[a-z0-9_.\-]{1,64}")
@@ -92,6 +93,25 @@ class StrictObjectSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+class PushSerializer(StrictObjectSerializer):
+    """`push`: the Web Push an offline (or every) targeted user's browsers get (DESIGN §11)."""
+
+    title = StrictCharField(max_length=200)
+    body = StrictCharField(max_length=1000, allow_blank=True)
+    url = StrictCharField(required=False, max_length=1000)
+    icon = StrictCharField(required=False, max_length=1000)
+    tag = StrictCharField(required=False, max_length=64)
+    ttl = serializers.IntegerField(required=False, min_value=0, max_value=MAX_TTL_SECS)
+    urgency = serializers.ChoiceField(choices=URGENCIES, required=False)
+    when = serializers.ChoiceField(choices=WHEN, required=False)
+
+    def to_internal_value(self, data: Any) -> PushSpec:
+        attrs = super().to_internal_value(data)
+        if "ttl" in attrs and type(data.get("ttl")) is not int:
+            raise serializers.ValidationError({"ttl": ["must be an integer number of seconds"]})
+        return PushSpec(**attrs)
+
+
 class NotifyRequestSerializer(StrictObjectSerializer):
     """One event: where it goes (channel/channels/user/users), its name and data."""
 
@@ -104,6 +124,7 @@ class NotifyRequestSerializer(StrictObjectSerializer):
     idempotency_key = StrictCharField(required=False, max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
     inbox = StrictBooleanField(required=False, default=False)
     category = CategoryField(required=False)
+    push = PushSerializer(required=False)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         targets: list[str] = []
@@ -133,6 +154,7 @@ def publish_request(attrs: dict[str, Any], publisher: str) -> PublishRequest:
         publisher=publisher,
         inbox=attrs.get("inbox", False),
         category=attrs.get("category"),
+        push=attrs.get("push"),
     )
 
 

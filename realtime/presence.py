@@ -37,6 +37,8 @@ class PresenceStore(Protocol):
 
     async def unregister_connection(self, user: str, conn_id: str) -> None: ...
 
+    async def connected(self, users: Sequence[str]) -> set[str]: ...
+
 
 def _ttl() -> int:
     ttl: int = notifier_settings.PRESENCE_TTL_SECS
@@ -141,6 +143,15 @@ class RedisPresenceStore:
     async def unregister_connection(self, user: str, conn_id: str) -> None:
         await get_redis().zrem(self._user_set(user), conn_id)
 
+    async def connected(self, users: Sequence[str]) -> set[str]:
+        """Those of `users` with a live connection on any server process (one round trip)."""
+        now = time.time()
+        async with get_redis().pipeline(transaction=False) as pipe:
+            for user in users:
+                pipe.zcount(self._user_set(user), f"({now}", "+inf")
+            live = await pipe.execute()
+        return {user for user, n in zip(users, live, strict=True) if n}
+
 
 def _count(entries: object) -> dict[str, int]:
     counts: dict[str, int] = {}
@@ -202,6 +213,9 @@ class MemoryPresenceStore:
 
     async def unregister_connection(self, user: str, conn_id: str) -> None:
         self._live(f"u:{user}").pop(conn_id, None)
+
+    async def connected(self, users: Sequence[str]) -> set[str]:
+        return {user for user in users if self._live(f"u:{user}")}
 
 
 _memory_store = MemoryPresenceStore()

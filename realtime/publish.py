@@ -20,7 +20,8 @@ from channels.layers import get_channel_layer
 from django.db import DatabaseError, transaction
 from redis.exceptions import RedisError
 
-from . import broker, history, idempotency, inbox, metrics
+from . import broker, history, idempotency, inbox, metrics, vapid
+from . import push as webpush
 from .bridge import run_sync
 from .channels import InvalidChannel, name_in_namespace, personal_channel, policy_of, validate_channel
 from .conf import notifier_settings
@@ -117,11 +118,13 @@ class PublishResult:
 
 
 class _Prepared(NamedTuple):
-    """One event ready to store: its id, its history entries, and its inbox rows."""
+    """One event ready to store: its id, its history entries, its inbox rows, and its pushes
+    (the spec and the targeted (user, channel)s), queued once it is stored."""
 
     event_id: str
     items: list[Append]
     rows: list[inbox.Row]
+    push: webpush.Planned | None = None
 
 
 class Targets(list[str]):
@@ -183,15 +186,17 @@ async def apublish(
     publisher: str = INTERNAL,
     inbox: bool = False,
     category: str | None = None,
+    push: webpush.PushSpec | None = None,
 ) -> PublishResult:
     """Store and send one event to each channel; raises PublishError, never half-acknowledges.
 
     With an `idempotency_key`, a repeat from the same `publisher` within the window returns the
     first answer and publishes nothing. With `inbox`, each targeted user (`user:<id>`) also gets
     the event stored as a notification (in `category`), committed before the event is sent.
+    With `push`, their browsers get a Web Push (realtime/push.py), queued once it is stored.
     """
     started = time.perf_counter()
-    prepared = _prepare(channels, event, data, sender, publisher, inbox, category)
+    prepared = _prepare(channels, event, data, sender, publisher, inbox, category, push)
     if idempotency_key is None:
         (result,) = await _store_and_send([prepared])
         _count_publish(publisher, started)
@@ -262,9 +267,10 @@ def _prepare(
     publisher: str = INTERNAL,
     to_inbox: bool = False,
     category: str | None = None,
+    push_spec: webpush.PushSpec | None = None,
 ) -> _Prepared:
     """Validate one event and build its history entries (its id, and one frame per channel)
-    and, for the inbox, one row per targeted user."""
+    and, for the inbox, one row per targeted user; and, for a push, who it goes to."""
     targets = check_channels(channels)
     check_event_name(event, publisher)
     data_json = encode_data(data)
@@ -275,7 +281,23 @@ def _prepare(
         rows = [inbox.Row(user, event_id, event, data, category, ch) for ch, user in _users_of(targets)]
         if not rows:
             raise InvalidPublish("inbox: true needs a user or users target")
-    return _Prepared(event_id, items, rows)
+    pushes = None
+    if push_spec is not None:
+        try:
+            vapid.private_key()
+        except vapid.NotConfigured as exc:
+            raise InvalidPublish(str(exc)) from None
+        users = [(user, channel) for channel, user in _users_of(targets)]
+        if not users:
+            raise InvalidPublish("push needs a user or users target")
+        size = webpush.payload_size(push_spec, [channel for _, channel in users], event)
+        if size > webpush.MAX_PAYLOAD_BYTES:
+            limit = webpush.MAX_PAYLOAD_BYTES
+            raise PayloadTooLarge(
+                f"the push payload is {size} bytes encoded; the limit is {limit}", {"size": size, "limit": limit}
+            )
+        pushes = webpush.Planned(push_spec, event, users, category)
+    return _Prepared(event_id, items, rows, pushes)
 
 
 def _users_of(targets: Sequence[str]) -> list[tuple[str, str]]:
@@ -306,6 +328,7 @@ class PublishRequest(NamedTuple):
     publisher: str = INTERNAL
     inbox: bool = False
     category: str | None = None
+    push: webpush.PushSpec | None = None
 
     def options(self) -> dict[str, Any]:
         """`apublish`'s (and `publish`'s) keyword arguments."""
@@ -315,6 +338,7 @@ class PublishRequest(NamedTuple):
             "publisher": self.publisher,
             "inbox": self.inbox,
             "category": self.category,
+            "push": self.push,
         }
 
 
@@ -363,6 +387,7 @@ async def apublish_many(requests: Sequence[PublishRequest]) -> list[PublishResul
                 request.publisher,
                 request.inbox,
                 request.category,
+                request.push,
             )
         except PublishError as exc:
             answers[index] = exc
@@ -414,6 +439,9 @@ async def _store_and_send(
         results.append(PublishResult(event.event_id, channels, stored_for))
     if stored_results is not None:
         stored_results.extend(results)
+    for event in events:  # stored, so delivered: its pushes go too
+        if event.push is not None:
+            webpush.queue(event.event_id, event.push)
     try:
         await broker.send_events(get_channel_layer(), items, stored)
     except (RedisError, OSError) as exc:
@@ -532,6 +560,7 @@ def publish(
     publisher: str = INTERNAL,
     inbox: bool = False,
     category: str | None = None,
+    push: webpush.PushSpec | None = None,
 ) -> PublishResult:
     """Sync `apublish` for views, tasks and scripts."""
     return run_sync(
@@ -544,4 +573,5 @@ def publish(
         publisher=publisher,
         inbox=inbox,
         category=category,
+        push=push,
     )

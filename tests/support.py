@@ -323,7 +323,9 @@ class Server(Process):
 class Worker(Process):
     """A Celery worker process."""
 
-    def __init__(self, env: dict[str, str], workdir: Path, concurrency: int = 2) -> None:
+    def __init__(self, env: dict[str, str], workdir: Path, concurrency: int = 2, beat: bool = False) -> None:
+        log = workdir / f"celery-{free_port()}.log"
+        beat_args = ["--beat", "--schedule", str(log.with_suffix(".schedule"))] if beat else []
         super().__init__(
             "celery",
             [
@@ -338,9 +340,10 @@ class Worker(Process):
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",
+                *beat_args,
             ],
             env,
-            workdir / f"celery-{free_port()}.log",
+            log,
         )
         wait_until(lambda: "ready." in self.log() or not self.alive(), what=f"celery worker ({self.log_path})")
         if not self.alive():

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from realtime import vapid
 from realtime.codes import ErrorCode
 
 from .support import VENV_BIN, RedisServer, Server, service_env
@@ -49,6 +50,8 @@ def server(redis_server: RedisServer, service_db: str, workdir: Path) -> Iterato
         NOTIFIER_CLIENT_FRAMES_PER_SEC="100000",
         NOTIFIER_PUBLISH_RATE_PER_KEY="1000000/s",
         NOTIFIER_NAMESPACES=json.dumps({"chat": {"client_publish": True}}),
+        NOTIFIER_VAPID_PRIVATE_KEY=vapid.generate_private_key(),  # else /api/push/key answers 503
+        NOTIFIER_VAPID_SUBJECT="mailto:fuzz@example.com",
     )
     proc = Server(env, workdir)
     yield proc

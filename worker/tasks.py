@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
+import requests
 from celery import Task, shared_task
 from rest_framework.exceptions import ValidationError
 
+from realtime import outbound
+from realtime import push as webpush
+from realtime.conf import notifier_settings
 from realtime.notify import publish_request, validated_notify
 from realtime.publish import NotReplicated, PublishError, StoredNotSent, Unavailable, publish
 
 logger = logging.getLogger(__name__)
 
 CELERY_PUBLISHER = "celery"
+PUSH_TASK = "notifier.push"
 
 
 class InvalidNotification(Exception):
@@ -54,3 +60,48 @@ def notify(self: Task, **body: Any) -> dict[str, Any]:
         raise
     except PublishError as exc:
         raise InvalidNotification(f"{exc.code}: {exc.message}") from None
+
+
+# Web Push (DESIGN §11, realtime/push.py): an event's pushes are planned once, then each
+# delivery is its own task, so a slow push service delays only its own pushes.
+
+_outbound = threading.local()  # one HTTP session (its kept-alive connections) per worker thread
+
+
+def _session() -> requests.Session:
+    client = getattr(_outbound, "session", None)
+    if client is None:
+        client = _outbound.session = outbound.session()
+    return client
+
+
+@shared_task(name=webpush.PUSH_EVENT_TASK)
+def push_event(
+    event_id: str, event: str, targets: list[list[str]], push: dict[str, Any], category: str | None
+) -> list[int]:
+    """Write the deliveries of a stored event and queue each; their ids."""
+    spec = webpush.PushSpec(**push)
+    ids = webpush.plan(event_id, event, [(user, channel) for user, channel in targets], spec, category)
+    for delivery_id in ids:
+        push_delivery.delay(delivery_id)
+    return ids
+
+
+@shared_task(name=PUSH_TASK)
+def push_delivery(delivery_id: int) -> str:
+    """One attempt at one delivery; the next one is queued when the push service asks for it."""
+    outcome = webpush.deliver(delivery_id, _session())
+    if outcome.name == "retry" and outcome.retry_in is not None:
+        webpush.later(PUSH_TASK, {"delivery_id": delivery_id}, outcome.retry_in)
+    return outcome.name
+
+
+@shared_task(name="notifier.push_sweep")
+def push_sweep() -> int:
+    """Queue again the deliveries whose task was lost (a worker killed while it held one, or a
+    broker that dropped it): pending and past due by two sweeps, or sending with their lease
+    run out. Celery beat runs this every NOTIFIER_PUSH_SWEEP_SECS (CELERY_BEAT_SCHEDULE)."""
+    ids = webpush.due(grace_secs=2 * notifier_settings.PUSH_SWEEP_SECS)
+    for delivery_id in ids:
+        push_delivery.delay(delivery_id)
+    return len(ids)
