@@ -1,6 +1,7 @@
-"""The inbox in the Django admin: browse a user's notifications, and their counts per category.
+"""The inbox and Web Push in the Django admin: browse a user's notifications and their counts per
+category; browsers' push subscriptions and each push's attempts.
 
-Read-only: a change made here would skip the user's counters and the `inbox.changed` event that
+Read-only (the inbox): a change made here would skip the user's counters and the `inbox.changed` event that
 keeps their open tabs right; changes go through the API (`/api/users/<user>/inbox…`)."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from django.contrib import admin, messages
 from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse
 
-from .models import InboxCounter, InboxPreference, Notification
+from .models import InboxCounter, InboxPreference, Notification, PushDelivery, PushSubscription
 
 
 class ReadFilter(admin.SimpleListFilter):
@@ -71,3 +72,63 @@ class NotificationAdmin(admin.ModelAdmin):
 class InboxPreferenceAdmin(admin.ModelAdmin):
     list_display = ["user", "category", "inbox", "push"]
     search_fields = ["=user"]
+
+
+class DeliveryInline(admin.TabularInline):
+    """A subscription's recent pushes, newest first."""
+
+    model = PushDelivery
+    fields = ("event_id", "status", "attempts", "last_status", "last_error", "created_at", "sent_at")
+    readonly_fields = fields
+    ordering = ["-id"]
+    extra = 0
+    max_num = 0
+    can_delete = False
+    show_change_link = True
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        recent = super().get_queryset(request).order_by("-id").values_list("id", flat=True)[:20]
+        return super().get_queryset(request).filter(id__in=list(recent))
+
+
+@admin.register(PushSubscription)
+class PushSubscriptionAdmin(admin.ModelAdmin):
+    """Browsers' push subscriptions; deleting one here stops its pushes (the browser may
+    subscribe again)."""
+
+    list_display = ["user", "endpoint_origin", "created_at", "expires_at"]
+    search_fields = ["=user"]
+    readonly_fields = ["user", "endpoint", "p256dh", "auth", "expires_at", "created_at"]
+    inlines = [DeliveryInline]
+    ordering = ["-id"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: PushSubscription | None = None) -> bool:
+        return False
+
+    @admin.display(description="push service")
+    def endpoint_origin(self, obj: PushSubscription) -> str:
+        return "/".join(obj.endpoint.split("/", 3)[:3])
+
+
+@admin.register(PushDelivery)
+class PushDeliveryAdmin(admin.ModelAdmin):
+    """Every push attempt's outcome; read-only (the worker owns the state)."""
+
+    list_display = ["event_id", "user", "status", "attempts", "last_status", "next_attempt_at", "sent_at"]
+    list_filter = ["status"]
+    search_fields = ["=user", "=event_id"]
+    readonly_fields = [f.name for f in PushDelivery._meta.fields]
+    ordering = ["-id"]
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: PushDelivery | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: PushDelivery | None = None) -> bool:
+        return False

@@ -203,3 +203,34 @@ async def test_live_view_shows_redis_errors_instead_of_failing(service_db: str, 
     finally:
         server.stop()
         redis_server.stop()
+
+
+def test_push_subscriptions_and_their_recent_attempts_are_shown_read_only(staff: Client) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from realtime.models import PushDelivery, PushSubscription
+
+    subscription = PushSubscription.objects.create(
+        user="u42", endpoint="https://push.example.com/send/abc", p256dh="p", auth="a"
+    )
+    PushDelivery.objects.create(
+        event_id="e" * 32,
+        subscription=subscription,
+        user="u42",
+        payload={},
+        ttl=60,
+        status=PushDelivery.FAILED,
+        attempts=3,
+        last_status=429,
+        last_error="slow down",
+        give_up_at=timezone.now() + timedelta(minutes=1),
+    )
+    listed = staff.get("/admin/realtime/pushsubscription/?q=u42")
+    assert listed.status_code == 200 and "https://push.example.com" in listed.content.decode()
+    page = staff.get(f"/admin/realtime/pushsubscription/{subscription.pk}/change/").content.decode()
+    assert "slow down" in page and "429" in page
+    attempts = staff.get("/admin/realtime/pushdelivery/?status=failed")
+    assert attempts.status_code == 200 and "e" * 32 in attempts.content.decode()
+    assert staff.get("/admin/realtime/pushdelivery/add/").status_code == 403

@@ -465,7 +465,7 @@ def get(url: str) -> tuple[int, str, bytes]:
 @pytest.mark.parametrize("mode", ["embedded", "debug"])
 def test_the_service_serves_the_client_and_the_demo_pages(mode: str, request: pytest.FixtureRequest) -> None:
     server: Server = request.getfixturevalue("embedded" if mode == "embedded" else "publisher")
-    for name in ("notifier.js", "notifier.global.js"):
+    for name in ("notifier.js", "notifier.global.js", "notifier-sw.js"):
         status, content_type, body = get(f"{server.http}/static/{name}")
         assert status == 200 and content_type.startswith("text/javascript"), (name, status, content_type)
         assert body == (JS_DIR / name).read_bytes(), f"/static/{name} differs from clients/js/{name}"

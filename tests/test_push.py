@@ -21,6 +21,7 @@ import pytest
 
 from realtime import vapid
 
+from . import test_js_client as js
 from .support import (
     Process,
     RedisServer,
@@ -105,6 +106,7 @@ def stack(redis_server: RedisServer, service_db: str, workdir: Path) -> Iterator
         NOTIFIER_VAPID_SUBJECT=SUBJECT,
         NOTIFIER_OUTBOUND_ALLOW_PRIVATE="1",
         NOTIFIER_PUSH_SWEEP_SECS="1",
+        NOTIFIER_SERVE_STATIC="1",  # the demo page and /static/notifier-sw.js, for Chromium
     )
     service = Process(
         "push-service", [sys.executable, "-m", "tests.push_service", str(port)], env, workdir / "push.log"
@@ -363,3 +365,34 @@ def test_the_embedded_mode_pushes_from_its_one_process(stack: Stack, workdir: Pa
         assert got["claims"]["sub"] == vapid.EMBEDDED_SUBJECT
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    return js.require_node()
+
+
+@pytest.fixture(scope="module")
+def chromium(node: str) -> Path:
+    return js.require_chromium()
+
+
+def test_enable_push_in_chromium_registers_the_browser_and_it_gets_pushes(
+    stack: Stack, api_key: str, node: str, chromium: Path
+) -> None:
+    """The demo page's "Enable push" in headless Chromium: the real service worker registration
+    and client.push; only the browser's push service is the stand-in's (none is reachable)."""
+    user, name = fresh_user(), uuid.uuid4().hex[:10]
+    subscription = stack.push.subscribe(name)
+    env = {"NOTIFIER_HTTP": stack.server.http, "E2E_TOKEN": token(user), "E2E_SUBSCRIPTION": json.dumps(subscription)}
+    script = js.Script(node, "browser-push.mjs", env)
+    try:
+        result = script.result()
+    finally:
+        script.close()
+    assert result["registeredScope"] == f"{stack.server.http}/static/"
+    status, listed = call("GET", f"{stack.server.http}/api/push/subscriptions", token(user))
+    assert status == 200 and [s["endpoint"] for s in listed["subscriptions"]] == [subscription["endpoint"]]
+    sent = notify(stack.server, api_key, {"user": user, "event": "e", "push": {"title": "From Chromium", "body": "b"}})
+    (got,) = stack.push.wait_for(name, 1)
+    assert got["payload"]["id"] == sent["id"] and got["payload"]["title"] == "From Chromium"

@@ -411,6 +411,8 @@ export class NotifierClient {
     this._watchdog = null;
     /** @private @type {Inbox | null} */
     this._inbox = null;
+    /** @private @type {Push | null} */
+    this._push = null;
     /** The connection id from the server's hello. @type {string | null} */
     this.connectionId = null;
     /** The authenticated user from hello/authenticated, or null. @type {string | null} */
@@ -441,6 +443,12 @@ export class NotifierClient {
   get inbox() {
     if (!this._inbox) this._inbox = new Inbox(this, this._options.fetch);
     return this._inbox;
+  }
+
+  /** Web Push to this browser for the connection's user (`/api/push/…`). @returns {Push} */
+  get push() {
+    if (!this._push) this._push = new Push(this, this._options.fetch);
+    return this._push;
   }
 
   /**
@@ -1396,37 +1404,170 @@ export class Inbox {
    * @param {unknown} [body]
    * @returns {Promise<any>}
    */
-  async _request(method, path, body) {
-    const fetchImpl = this._fetch ?? globalThis.fetch;
-    /** @type {Record<string, string>} */
-    const headers = { Accept: "application/json" };
-    const token = await this._client.token();
-    if (token) headers.Authorization = `Bearer ${token}`;
-    else {
-      const csrf = csrfToken();
-      if (csrf) headers["X-CSRFToken"] = csrf;
-    }
-    if (body !== undefined) headers["Content-Type"] = "application/json";
-    const response = await fetchImpl(new URL(path, this._client.apiBase), {
-      method,
-      headers,
-      credentials: "same-origin",
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    if (response.status === 204) return undefined;
-    /** @type {any} */
-    let answer = null;
-    try {
-      answer = await response.json();
-    } catch {
-      // not JSON: answered below by the status
-    }
-    if (!response.ok) {
-      const code = typeof answer?.code === "string" ? answer.code : `http_${response.status}`;
-      throw new NotifierError(code, answer?.message ?? `HTTP ${response.status}`, answer?.details ?? {});
-    }
-    return answer;
+  _request(method, path, body) {
+    return apiRequest(this._client, this._fetch, method, path, body);
   }
+}
+
+/**
+ * A call to the HTTP API as the connection's user: its token as `Authorization: Bearer`, or
+ * else the page's Django session (with its CSRF token). Errors are NotifierErrors with the
+ * answer's stable `code`.
+ * @param {NotifierClient} client
+ * @param {typeof fetch | undefined} fetchImpl
+ * @param {string} method
+ * @param {string} path
+ * @param {unknown} [body]
+ * @returns {Promise<any>}
+ */
+async function apiRequest(client, fetchImpl, method, path, body) {
+  const doFetch = fetchImpl ?? globalThis.fetch;
+  /** @type {Record<string, string>} */
+  const headers = { Accept: "application/json" };
+  const token = await client.token();
+  if (token) headers.Authorization = `Bearer ${token}`;
+  else {
+    const csrf = csrfToken();
+    if (csrf) headers["X-CSRFToken"] = csrf;
+  }
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await doFetch(new URL(path, client.apiBase), {
+    method,
+    headers,
+    credentials: "same-origin",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (response.status === 204) return undefined;
+  /** @type {any} */
+  let answer = null;
+  try {
+    answer = await response.json();
+  } catch {
+    // not JSON: answered below by the status
+  }
+  if (!response.ok) {
+    const code = typeof answer?.code === "string" ? answer.code : `http_${response.status}`;
+    throw new NotifierError(code, answer?.message ?? `HTTP ${response.status}`, answer?.details ?? {});
+  }
+  return answer;
+}
+
+// Web Push
+
+/**
+ * @typedef {"unsupported" | "denied" | "prompt" | "subscribed" | "unsubscribed"} PushState
+ * `unsupported`: no service worker, Push API or notifications here; `denied`: the user blocked
+ * notifications; `prompt`: not asked yet; then whether this browser has a subscription.
+ */
+
+/**
+ * @typedef {object} PushOptions
+ * @property {ServiceWorkerRegistration | string} [serviceWorker] The registration whose push
+ *   manager subscribes, or the URL of a service worker script to register (on your origin:
+ *   copy `notifier-sw.js` there, or `importScripts` it from your own worker). Default: the
+ *   page's ready registration.
+ */
+
+/** Web Push for the connection's user: subscribe this browser, unsubscribe it, ask its state. */
+export class Push {
+  /**
+   * @param {NotifierClient} client
+   * @param {typeof fetch} [fetchImpl]
+   */
+  constructor(client, fetchImpl) {
+    /** @private */
+    this._client = client;
+    /** @private */
+    this._fetch = fetchImpl;
+  }
+
+  /** Whether this browser can get pushes at all. @returns {boolean} */
+  static supported() {
+    const g = /** @type {any} */ (globalThis);
+    return Boolean(g.navigator?.serviceWorker && g.PushManager && g.Notification);
+  }
+
+  /** @param {PushOptions} [options] @returns {Promise<PushState>} */
+  async state(options = {}) {
+    if (!Push.supported()) return "unsupported";
+    const permission = /** @type {any} */ (globalThis).Notification.permission;
+    if (permission === "denied") return "denied";
+    if (permission !== "granted") return "prompt";
+    const registration = await this._registration(options.serviceWorker);
+    return (await registration.pushManager.getSubscription()) ? "subscribed" : "unsubscribed";
+  }
+
+  /**
+   * Ask for permission (if not given yet), subscribe this browser with the service's key and
+   * register the subscription for the user. Idempotent: an existing subscription is reused,
+   * one made with another key is replaced.
+   * @param {PushOptions} [options]
+   * @returns {Promise<{id: number, endpoint: string}>}
+   */
+  async enable(options = {}) {
+    if (!Push.supported()) throw new NotifierError("push_unsupported", "this browser cannot receive Web Push");
+    const g = /** @type {any} */ (globalThis);
+    const permission = g.Notification.permission === "granted" ? "granted" : await g.Notification.requestPermission();
+    if (permission !== "granted") throw new NotifierError("push_denied", "notifications are not allowed on this site");
+    const registration = await this._registration(options.serviceWorker);
+    const { public_key: publicKey } = await apiRequest(this._client, this._fetch, "GET", "push/key");
+    const key = base64UrlToBytes(publicKey);
+    let subscription = await registration.pushManager.getSubscription();
+    if (subscription && !sameBytes(subscription.options?.applicationServerKey, key)) {
+      await subscription.unsubscribe();
+      subscription = null;
+    }
+    subscription ??= await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
+    const registered = await apiRequest(this._client, this._fetch, "POST", "push/subscriptions", subscription.toJSON());
+    return { id: registered.id, endpoint: subscription.endpoint };
+  }
+
+  /**
+   * Stop pushes to this browser: forget the subscription on the service and in the browser.
+   * @param {PushOptions} [options]
+   * @returns {Promise<boolean>} whether there was one
+   */
+  async disable(options = {}) {
+    if (!Push.supported()) return false;
+    const registration = await this._registration(options.serviceWorker);
+    const subscription = await registration.pushManager.getSubscription();
+    if (!subscription) return false;
+    const { subscriptions } = await apiRequest(this._client, this._fetch, "GET", "push/subscriptions");
+    for (const known of subscriptions) {
+      if (known.endpoint === subscription.endpoint) {
+        await apiRequest(this._client, this._fetch, "DELETE", `push/subscriptions/${known.id}`);
+      }
+    }
+    await subscription.unsubscribe();
+    return true;
+  }
+
+  /**
+   * @private
+   * @param {ServiceWorkerRegistration | string | undefined} serviceWorker
+   * @returns {Promise<ServiceWorkerRegistration>}
+   */
+  async _registration(serviceWorker) {
+    const container = /** @type {any} */ (globalThis).navigator.serviceWorker;
+    if (typeof serviceWorker === "string") return container.register(serviceWorker);
+    return serviceWorker ?? container.ready;
+  }
+}
+
+/** @param {string} text @returns {Uint8Array<ArrayBuffer>} */
+function base64UrlToBytes(text) {
+  const base64 = text.replace(/-/g, "+").replace(/_/g, "/") + "=".repeat((4 - (text.length % 4)) % 4);
+  const binary = atob(base64);
+  const bytes = new Uint8Array(new ArrayBuffer(binary.length));
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}
+
+/** @param {ArrayBuffer | null | undefined} buffer @param {Uint8Array} bytes @returns {boolean} */
+function sameBytes(buffer, bytes) {
+  if (!buffer) return false;
+  const other = new Uint8Array(buffer);
+  return other.length === bytes.length && other.every((b, i) => b === bytes[i]);
 }
 
 /** Django's CSRF cookie, for requests the session authenticates. @returns {string | null} */
