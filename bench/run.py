@@ -57,6 +57,7 @@ SCENARIOS = [
     "servers",
     "layers",
     "inbox",
+    "push",
 ]
 
 TARGETS = {
@@ -441,6 +442,12 @@ class Bench:
         from bench import inbox
 
         inbox.run(self, Row, fmt)
+
+    def push(self) -> None:
+        """Web Push from one Celery worker against the stand-in push service (bench/push.py)."""
+        from bench import push
+
+        push.run(self, Row, fmt)
 
     def publish(self) -> None:
         """POST /api/notify and /api/notify/batch against one process, with 2 subscribers checking."""

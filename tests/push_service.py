@@ -10,7 +10,8 @@ that checks what a real one checks and records what it got.
   with the subscription's keys. Answers 201, or what `/script/<name>` queued.
 - `POST /script/<name>` {"answers": [[status, {headers}], …]}: the next answers, in order.
 - `GET /received/<name>`: every push, in order: {"status", "payload" | "error", "claims",
-  "ttl", "urgency"}.
+  "ttl", "urgency", "at"}.
+- `GET /stats`: {"accepted", "first_at", "last_at"} over every subscription (for the bench).
 
 Run: `python -m tests.push_service PORT`.
 """
@@ -58,6 +59,7 @@ class Subscription:
 
 subscriptions: dict[str, Subscription] = {}
 lock = threading.Lock()
+stats: dict[str, Any] = {"accepted": 0, "first_at": None, "last_at": None}
 
 
 def check_vapid(header: str, subscription: Subscription, origin: str) -> dict[str, Any]:
@@ -100,6 +102,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - BaseHTTPRequestHandler's name
         kind, _, name = self.path.strip("/").partition("/")
+        if kind == "stats":
+            with lock:
+                return self.answer(200, dict(stats))
         with lock:
             found = subscriptions.get(name)
             received = list(found.received) if found else None
@@ -128,7 +133,11 @@ class Handler(BaseHTTPRequestHandler):
             return self.answer(204)
         if kind != "push":
             return self.answer(404, {"error": "unknown path"})
-        record: dict[str, Any] = {"ttl": self.headers.get("TTL"), "urgency": self.headers.get("Urgency")}
+        record: dict[str, Any] = {
+            "ttl": self.headers.get("TTL"),
+            "urgency": self.headers.get("Urgency"),
+            "at": time.time(),
+        }
         try:
             record["claims"] = check_vapid(
                 self.headers.get("Authorization", ""), found, f"http://{self.headers['Host']}"
@@ -148,6 +157,10 @@ class Handler(BaseHTTPRequestHandler):
             status, headers = found.answers.pop(0) if found.answers else (201, {})
             record["status"] = status
             found.received.append(record)
+            if 200 <= status < 300:
+                stats["accepted"] += 1
+                stats["first_at"] = stats["first_at"] or record["at"]
+                stats["last_at"] = record["at"]
         self.answer(status, None, headers)
 
 

@@ -27,10 +27,11 @@ EXPECTED = {
     "recovery": ["sockets resubscribe"],
     "servers": ["production", "permessage-deflate", "daphne"],
     "inbox": ["GET /api/inbox/counts", "GET /api/inbox (first page", "mark all read", "inbox: true, 10,000 users"],
+    "push": ["Web Push: 50 pushes"],
 }
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(260)
 def test_every_scenario_runs_and_loses_nothing(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     run = subprocess.run(
@@ -38,7 +39,7 @@ def test_every_scenario_runs_and_loses_nothing(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=170,
+        timeout=250,
     )
     assert run.returncode == 0, f"bench failed:\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
     report = json.loads(out.read_text())
