@@ -93,15 +93,24 @@ def public_key() -> str:
 
 def authorization(endpoint: str) -> str:
     """The `Authorization: vapid t=…, k=…` header for a push to `endpoint`: a JWT (ES256) whose
-    `aud` is the endpoint's origin, `exp` 12 h ahead, `sub` the contact."""
+    `aud` is the endpoint's origin, `exp` 12 h ahead, `sub` the contact. One is signed per push
+    service origin and reused for an hour (signing is most of a small push's CPU)."""
     parts = urlsplit(endpoint)
-    claims = {
-        "aud": f"{parts.scheme}://{parts.netloc}",
-        "exp": int(time.time()) + CLAIM_LIFETIME_SECS,
-        "sub": subject(),
-    }
-    header: str = _vapid(private_key()).sign(claims)["Authorization"]
+    audience = f"{parts.scheme}://{parts.netloc}"
+    key, contact, now = private_key(), subject(), time.time()
+    cached = _signed.get((audience, key, contact))
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    claims = {"aud": audience, "exp": int(now) + CLAIM_LIFETIME_SECS, "sub": contact}
+    header: str = _vapid(key).sign(claims)["Authorization"]
+    if len(_signed) > 1000:  # endpoints of many push services: start over rather than grow
+        _signed.clear()
+    _signed[(audience, key, contact)] = (now + REUSE_SECS, header)
     return header
+
+
+REUSE_SECS = 3600  # a signed header is reused this long, well inside its 12 h lifetime
+_signed: dict[tuple[str, str, str], tuple[float, str]] = {}
 
 
 def _embedded_key(path: Path) -> str:

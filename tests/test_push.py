@@ -161,7 +161,13 @@ def test_subscriptions_are_idempotent_listed_and_deleted_by_their_user_only(stac
     backend_key = for_users.strip().splitlines()[-1]
     assert call("GET", backend, backend_key)[1]["subscriptions"][0]["id"] == first["id"]
     assert call("GET", backend, api_key)[0] == 403  # a key without the users scope
-    assert call("DELETE", f"{base}/{first['id']}", token(user)) == (204, None)
+    status, again = call("POST", backend, backend_key, subscription)  # the backend registers it for the user
+    assert (status, again) == (200, first)
+    assert call("DELETE", f"{backend}/{first['id']}", backend_key) == (204, None)
+    assert call("GET", backend, backend_key) == (200, {"subscriptions": []})
+    status, back = call("POST", base, token(user), subscription)
+    assert status == 201
+    assert call("DELETE", f"{base}/{back['id']}", token(user)) == (204, None)
     assert call("GET", base, token(user)) == (200, {"subscriptions": []})
 
 
@@ -272,14 +278,15 @@ def test_a_refused_push_is_retried_and_delivered_once(
     assert len(stack.push.received(name)) == 2
 
 
-def test_a_rejected_push_is_not_retried(stack: Stack, api_key: str) -> None:
+@pytest.mark.parametrize("status", [400, 413, 403])
+def test_a_rejected_push_is_not_retried(stack: Stack, api_key: str, status: int) -> None:
     user = fresh_user()
     name = subscribed(stack, user)
-    stack.push.script(name, (400, {}))
+    stack.push.script(name, (status, {}))
     notify(stack.server, api_key, {"user": user, "event": "e", "push": {"title": "t", "body": "b"}})
     stack.push.wait_for(name, 1)
     time.sleep(3)
-    assert [r["status"] for r in stack.push.received(name)] == [400]
+    assert [r["status"] for r in stack.push.received(name)] == [status]
 
 
 def test_a_worker_killed_while_a_retry_waits_delivers_once_after_restart(stack: Stack, api_key: str) -> None:

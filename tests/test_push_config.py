@@ -55,3 +55,38 @@ def test_the_embedded_mode_makes_one_key_and_keeps_it(tmp_path: Path) -> None:
     first = vapid._embedded_key(path)
     assert vapid._embedded_key(path) == first and path.stat().st_mode & 0o777 == 0o600
     vapid.public_key_of(first)  # a usable key
+
+
+def test_the_vapid_header_is_a_valid_es256_jwt_signed_once_per_origin_for_an_hour(settings: Any) -> None:
+    import time
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = vapid.generate_private_key()
+    settings.NOTIFIER = {**settings.NOTIFIER, "VAPID_PRIVATE_KEY": key, "VAPID_SUBJECT": "mailto:ops@example.com"}
+    first = vapid.authorization("https://push.example.com/send/a")
+    assert vapid.authorization("https://push.example.com/send/b") == first  # same push service: reused
+    other = vapid.authorization("https://updates.push.services.mozilla.com/wpush/v2/x")
+    assert other != first
+    scheme, params = first.split(" ", 1)
+    fields = dict(part.split("=", 1) for part in params.split(","))
+    assert scheme == "vapid" and fields["k"] == vapid.public_key_of(key)
+    public = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), vapid.b64url_decode(fields["k"]))
+    claims = jwt.decode(fields["t"], public, algorithms=["ES256"], audience="https://push.example.com")
+    assert claims["sub"] == "mailto:ops@example.com"
+    assert time.time() + 11 * 3600 < claims["exp"] <= time.time() + 24 * 3600
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["http://push.example.com/x", "https://127.0.0.1/x", "https://10.0.0.8/x", "https://[::1]/x"]
+)
+def test_by_default_a_subscription_to_a_private_or_plain_http_endpoint_is_refused(endpoint: str) -> None:
+    from realtime.tokens import mint_connection_token
+
+    user = APIClient()
+    user.credentials(HTTP_AUTHORIZATION=f"Bearer {mint_connection_token('u7')[0]}")
+    keys = {"p256dh": vapid.public_key_of(vapid.generate_private_key()), "auth": vapid.b64url(b"0" * 16)}
+    response = user.post("/api/push/subscriptions", {"endpoint": endpoint, "keys": keys}, format="json")
+    assert response.status_code == 400 and response.json()["code"] == "invalid", response.json()
+    assert "endpoint" in response.json()["message"]
