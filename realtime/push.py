@@ -16,10 +16,8 @@ service's 201 and that mark; then the push goes again once the lease runs out, w
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -27,14 +25,12 @@ from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
 
 import requests
-from celery import current_app
 from cryptography.hazmat.primitives.asymmetric import ec
-from django.db import connections
 from django.db.models import Q
 from django.utils import timezone
 from pywebpush import WebPusher
 
-from . import metrics, outbound, vapid
+from . import background, metrics, outbound, vapid
 from .bridge import run_sync
 from .events import dumps
 from .models import InboxPreference, PushDelivery, PushSubscription
@@ -164,7 +160,7 @@ class Planned(NamedTuple):
 
 def queue(event_id: str, planned: Planned) -> None:
     """Hand a stored event's pushes to a Celery worker, without waiting: the publish answer
-    is not delayed by them. The embedded mode (tasks run eagerly) runs them in a thread."""
+    is not delayed by them."""
     kwargs = {
         "event_id": event_id,
         "event": planned.event,
@@ -172,40 +168,12 @@ def queue(event_id: str, planned: Planned) -> None:
         "push": planned.spec.as_dict(),
         "category": planned.category,
     }
-    if current_app.conf.task_always_eager:
-        threading.Thread(target=_run_here, args=(PUSH_EVENT_TASK, kwargs), name="notifier-push", daemon=True).start()
-        return
-    sent = asyncio.get_running_loop().run_in_executor(
-        None, lambda: current_app.send_task(PUSH_EVENT_TASK, kwargs=kwargs)
-    )
-    sent.add_done_callback(_log_failure)
+    background.queue_soon(PUSH_EVENT_TASK, kwargs, _not_queued)
 
 
-def _log_failure(sent: asyncio.Future[Any]) -> None:
-    if not sent.cancelled() and sent.exception() is not None:
-        logger.warning("pushes of a published event not queued: %s", sent.exception())
-        metrics.inc("notifier_pushes", outcome="not_queued")
-
-
-def _run_here(task: str, kwargs: dict[str, Any], countdown: float = 0) -> None:
-    """Run a task in this process (embedded mode), after `countdown` seconds."""
-    if countdown:
-        threading.Event().wait(countdown)
-    try:
-        current_app.loader.import_default_modules()  # the tasks' module (a server process has not)
-        current_app.tasks[task].apply(kwargs=kwargs, throw=True)
-    except Exception:
-        logger.exception("%s failed", task)
-    finally:
-        connections.close_all()
-
-
-def later(task: str, kwargs: dict[str, Any], countdown: float) -> None:
-    """Queue `task` again in `countdown` seconds (embedded mode: a thread that waits)."""
-    if current_app.conf.task_always_eager:
-        threading.Thread(target=_run_here, args=(task, kwargs, countdown), name="notifier-push", daemon=True).start()
-    else:
-        current_app.send_task(task, kwargs=kwargs, countdown=countdown)
+def _not_queued(error: BaseException) -> None:
+    logger.warning("pushes of a published event not queued: %s", error)
+    metrics.inc("notifier_pushes", outcome="not_queued")
 
 
 def plan(

@@ -10,7 +10,7 @@ import requests
 from celery import Task, shared_task
 from rest_framework.exceptions import ValidationError
 
-from realtime import outbound
+from realtime import background, outbound
 from realtime import push as webpush
 from realtime.conf import notifier_settings
 from realtime.notify import publish_request, validated_notify
@@ -92,7 +92,7 @@ def push_delivery(delivery_id: int) -> str:
     """One attempt at one delivery; the next one is queued when the push service asks for it."""
     outcome = webpush.deliver(delivery_id, _session())
     if outcome.name == "retry" and outcome.retry_in is not None:
-        webpush.later(PUSH_TASK, {"delivery_id": delivery_id}, outcome.retry_in)
+        background.queue(PUSH_TASK, {"delivery_id": delivery_id}, outcome.retry_in)
     return outcome.name
 
 
