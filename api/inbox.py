@@ -8,9 +8,11 @@ change is followed by one `inbox.changed` event on the user's channel
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
+from django.db import DatabaseError
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import authentication, exceptions, serializers, status
 from rest_framework.permissions import IsAuthenticated
@@ -18,7 +20,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from realtime import inbox
+from realtime import inbox, webhooks
 from realtime.bridge import run_sync
 from realtime.channels import personal_channel
 from realtime.notify import USER_ID_RE, CategoryField, StrictBooleanField
@@ -35,6 +37,8 @@ from .serializers import (
     InboxPreferencesSerializer,
 )
 from .views import ERRORS
+
+logger = logging.getLogger(__name__)
 
 MAX_IDS = 1000  # ids in one mark request
 MAX_CATEGORIES = 100  # in one preferences document
@@ -200,7 +204,18 @@ class MarkView(InboxView):
         ids = None if attrs["all"] else attrs["ids"]
         updated, counts = inbox.mark(user, attrs["mark_as"], ids, attrs.get("category"))
         run_sync(apublish_inbox_change, user, "marked", ids, counts, attrs["mark_as"])
+        if attrs["mark_as"] == "read" and updated:
+            tell_backend_read(user, ids)
         return Response({"updated": updated, "counts": counts})
+
+
+def tell_backend_read(user: str, ids: list[str] | None) -> None:
+    """`inbox.read` webhooks: the ids marked read (or all). The mark is committed already: a
+    failure to queue them is logged, not answered."""
+    try:
+        webhooks.emit("inbox.read", {"user": user, "ids": ids} if ids is not None else {"user": user, "all": True})
+    except DatabaseError as exc:
+        logger.warning("inbox.read webhooks not queued: %s", exc)
 
 
 class NotificationView(InboxView):

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 KEY_PREFIX = "nk_"
 # publish events; read history/presence; mint tokens; act on a user's inbox (not by default)
-SCOPES = ("publish", "read", "tokens", "users")
+SCOPES = ("publish", "read", "tokens", "users", "webhooks")
 DEFAULT_SCOPES = ("publish", "read", "tokens")
 ALL_CHANNELS = ["*"]
 

@@ -367,13 +367,10 @@ check_values({**DEFAULTS, **NOTIFIER})
 MAX_PAYLOAD_BYTES: int = NOTIFIER.get("MAX_PAYLOAD_BYTES", DEFAULTS["MAX_PAYLOAD_BYTES"])
 MAX_BATCH_EVENTS: int = DEFAULTS["MAX_BATCH_EVENTS"]
 
-# `celery -A notifier beat` (or a worker with -B) runs these: the push sweep queues again the
-# pushes whose task a killed worker took with it (worker/tasks.py).
+# `celery -A notifier beat` (or a worker with -B) runs these: the sweep queues again the
+# pushes and webhooks whose task a killed worker took with it (worker/tasks.py).
 CELERY_BEAT_SCHEDULE = {
-    "push-sweep": {
-        "task": "notifier.push_sweep",
-        "schedule": float(NOTIFIER.get("PUSH_SWEEP_SECS", DEFAULTS["PUSH_SWEEP_SECS"])),
-    }
+    "sweep": {"task": "notifier.sweep", "schedule": float(NOTIFIER.get("SWEEP_SECS", DEFAULTS["SWEEP_SECS"]))}
 }
 
 # A full batch (MAX_BATCH_EVENTS events at MAX_PAYLOAD_BYTES each, plus their envelopes) fits;

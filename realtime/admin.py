@@ -1,5 +1,5 @@
-"""The inbox and Web Push in the Django admin: browse a user's notifications and their counts per
-category; browsers' push subscriptions and each push's attempts.
+"""The inbox, Web Push and webhooks in the Django admin: a user's notifications and their counts per
+category; browsers' push subscriptions and each push's attempts; webhook endpoints and deliveries.
 
 Read-only (the inbox): a change made here would skip the user's counters and the `inbox.changed` event that
 keeps their open tabs right; changes go through the API (`/api/users/<user>/inbox…`)."""
@@ -12,7 +12,16 @@ from django.contrib import admin, messages
 from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse
 
-from .models import InboxCounter, InboxPreference, Notification, PushDelivery, PushSubscription
+from . import webhooks
+from .models import (
+    InboxCounter,
+    InboxPreference,
+    Notification,
+    PushDelivery,
+    PushSubscription,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 
 
 class ReadFilter(admin.SimpleListFilter):
@@ -132,3 +141,45 @@ class PushDeliveryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: PushDelivery | None = None) -> bool:
         return False
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(admin.ModelAdmin):
+    """Backends' webhook endpoints; a disabled one (it failed for 24 h) is enabled again by
+    rotating its secret over the API, or by clearing "disabled at" here."""
+
+    list_display = ["url", "event_types", "created_at", "failing_since", "disabled_at"]
+    list_filter = [("disabled_at", admin.EmptyFieldListFilter)]
+    fields = ["url", "events", "created_at", "failing_since", "disabled_at"]
+    readonly_fields = ["created_at", "failing_since"]  # the secret is never shown again
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # created over the API, which shows the secret once
+
+    @admin.display(description="events")
+    def event_types(self, obj: WebhookEndpoint) -> str:
+        return ", ".join(obj.events)
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin):
+    """Every webhook's attempts; select some and "Redeliver" sends them again (same webhook-id)."""
+
+    list_display = ["message_id", "type", "endpoint", "status", "attempts", "last_status", "created_at", "delivered_at"]
+    list_filter = ["status", "type"]
+    search_fields = ["=message_id"]
+    readonly_fields = [f.name for f in WebhookDelivery._meta.fields]
+    ordering = ["-id"]
+    show_full_result_count = False
+    actions = ["redeliver"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: WebhookDelivery | None = None) -> bool:
+        return False
+
+    @admin.action(description="Redeliver (same webhook-id)")
+    def redeliver(self, request: HttpRequest, queryset: Any) -> None:
+        sent = sum(webhooks.redeliver(pk) for pk in queryset.values_list("pk", flat=True))
+        self.message_user(request, f"{sent} queued again", messages.INFO)

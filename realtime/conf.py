@@ -68,9 +68,9 @@ DEFAULTS: dict[str, Any] = {
     # addresses: for tests and intranets only.
     "OUTBOUND_ALLOW_PRIVATE": False,
     "OUTBOUND_TIMEOUT_SECS": 5,
-    # How often Celery beat queues again the pushes whose task was lost (a killed worker); a
-    # push is taken for lost once it is this many seconds twice past due.
-    "PUSH_SWEEP_SECS": 15,
+    # How often Celery beat queues again the pushes and webhooks whose task was lost (a killed
+    # worker); one is taken for lost once it is twice this many seconds past due.
+    "SWEEP_SECS": 15,
     # Namespace (the part of a channel name before ":") -> policy overrides; see
     # realtime.channels.NamespacePolicy. "" is the namespace of names without ":".
     # NOTIFIER_NAMESPACES: JSON {"namespace": {"public": bool, "client_publish": bool, ...}}.

@@ -48,6 +48,10 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
         "Web Push attempts, by outcome: sent, retry, gone (subscription deleted), rejected, expired.",
         ("outcome",),
     ),
+    "notifier_webhooks": (
+        "Webhook attempts, by outcome: delivered, retry, failed, disabled (the endpoint failed for 24 h).",
+        ("outcome",),
+    ),
     "notifier_database_errors": ("Database operations that failed.", ("operation",)),
 }
 GAUGES: dict[str, str] = {

@@ -1,5 +1,6 @@
 """What outlives a connection: each user's stored notifications (the inbox, DESIGN §10), and
-their browsers' push subscriptions with each push's delivery (DESIGN §11)."""
+their browsers' push subscriptions with each push's delivery, and webhook endpoints with each
+webhook's delivery (DESIGN §11)."""
 
 from __future__ import annotations
 
@@ -124,3 +125,47 @@ class PushDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_id} -> {self.subscription_id} ({self.status})"
+
+
+class WebhookEndpoint(models.Model):
+    """A backend URL that gets the service's own events (DESIGN §11), signed with `secret`
+    (Standard Webhooks). Disabled once it has failed for WEBHOOK_DISABLE_AFTER_SECS."""
+
+    url = models.CharField(max_length=2048)
+    events = models.JSONField()  # the event types it gets
+    secret = models.CharField(max_length=100)  # "whsec_" + base64 of 24 random bytes
+    created_at = models.DateTimeField(default=timezone.now)
+    failing_since = models.DateTimeField(null=True, blank=True)  # the first failure since the last success
+    disabled_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.url} ({', '.join(self.events)})"
+
+
+class WebhookDelivery(models.Model):
+    """One event to one endpoint, and where it stands. `message_id` is the `webhook-id` header:
+    the same on every attempt, so a receiver can drop a repeat (at-least-once delivery)."""
+
+    PENDING, SENDING, DELIVERED, FAILED = "pending", "sending", "delivered", "failed"
+    STATUSES = [(s, s) for s in (PENDING, SENDING, DELIVERED, FAILED)]
+
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries")
+    message_id = models.CharField(max_length=64, unique=True)
+    type = models.CharField(max_length=64)
+    payload = models.JSONField()  # the body: {"type", "timestamp", "data"}
+    status = models.CharField(max_length=16, choices=STATUSES, default=PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    give_up_at = models.DateTimeField()
+    last_status = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "webhook deliveries"
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="webhook_due")]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.message_id} -> {self.endpoint_id} ({self.status})"

@@ -30,7 +30,7 @@ from django.db.models import Q
 from django.utils import timezone
 from pywebpush import WebPusher
 
-from . import background, metrics, outbound, vapid
+from . import background, metrics, outbound, vapid, webhooks
 from .bridge import run_sync
 from .events import dumps
 from .models import InboxPreference, PushDelivery, PushSubscription
@@ -293,9 +293,11 @@ def _again(delivery: PushDelivery, status: int | None, error: str, retry_after: 
 
 
 def _give_up(delivery: PushDelivery, name: str, error: str, status: int | None = None) -> Outcome:
+    """Mark the push failed, and tell the backend (`push.failed` webhooks)."""
     logger.warning(
         "push %s to subscription %s given up (%s): %s", delivery.event_id, delivery.subscription_id, name, error
     )
+    webhooks.emit("push.failed", {"user": delivery.user, "subscription": delivery.subscription_id, "status": status})
     PushDelivery.objects.filter(pk=delivery.pk).update(
         status=PushDelivery.FAILED, attempts=delivery.attempts, last_status=status, last_error=error[:300],
         lease_until=None,

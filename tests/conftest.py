@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from .offline import stack  # noqa: F401 - a fixture: the Web Push and webhook stack
 from .support import (
     RedisServer,
     Server,

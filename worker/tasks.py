@@ -10,7 +10,7 @@ import requests
 from celery import Task, shared_task
 from rest_framework.exceptions import ValidationError
 
-from realtime import background, outbound
+from realtime import background, outbound, webhooks
 from realtime import push as webpush
 from realtime.conf import notifier_settings
 from realtime.notify import publish_request, validated_notify
@@ -96,12 +96,24 @@ def push_delivery(delivery_id: int) -> str:
     return outcome.name
 
 
-@shared_task(name="notifier.push_sweep")
-def push_sweep() -> int:
-    """Queue again the deliveries whose task was lost (a worker killed while it held one, or a
-    broker that dropped it): pending and past due by two sweeps, or sending with their lease
-    run out. Celery beat runs this every NOTIFIER_PUSH_SWEEP_SECS (CELERY_BEAT_SCHEDULE)."""
-    ids = webpush.due(grace_secs=2 * notifier_settings.PUSH_SWEEP_SECS)
-    for delivery_id in ids:
+@shared_task(name=webhooks.WEBHOOK_TASK)
+def webhook(delivery_id: int) -> str:
+    """One attempt at one webhook delivery; the next one is queued if it failed."""
+    outcome = webhooks.deliver(delivery_id, _session())
+    if outcome.name == "retry" and outcome.retry_in is not None:
+        background.queue(webhooks.WEBHOOK_TASK, {"delivery_id": delivery_id}, outcome.retry_in)
+    return outcome.name
+
+
+@shared_task(name="notifier.sweep")
+def sweep() -> int:
+    """Queue again the pushes and webhooks whose task was lost (a worker killed while it held
+    one, or a broker that dropped it): pending and past due by two sweeps, or sending with
+    their lease run out. Celery beat runs this every NOTIFIER_SWEEP_SECS (CELERY_BEAT_SCHEDULE)."""
+    grace = 2 * notifier_settings.SWEEP_SECS
+    pushes, hooks = webpush.due(grace_secs=grace), webhooks.due(grace_secs=grace)
+    for delivery_id in pushes:
         push_delivery.delay(delivery_id)
-    return len(ids)
+    for delivery_id in hooks:
+        webhook.delay(delivery_id)
+    return len(pushes) + len(hooks)

@@ -1,0 +1,233 @@
+"""Webhooks to the backend (DESIGN §11): the service's own events, POSTed to the endpoints
+that asked for them, signed as Standard Webhooks specifies.
+
+`emit(type, data)` writes one `WebhookDelivery` per endpoint that subscribed to `type` and
+queues each (`notifier.webhook`). Delivery is at least once, with the same `webhook-id` on
+every attempt: non-2xx answers and timeouts are retried with an exponential backoff and
+jitter for up to 24 h. An endpoint that has failed for 24 h is disabled (and shown as such);
+a slow or dead endpoint holds up only its own deliveries. Requests go through `outbound`
+(no private addresses), signed by the `standardwebhooks` library, so receivers verify with
+it in any language.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import requests
+from django.db.models import Q
+from django.utils import timezone
+from standardwebhooks.webhooks import Webhook
+
+from . import background, metrics, outbound
+from .events import dumps, random_hex
+from .models import WebhookDelivery, WebhookEndpoint
+
+logger = logging.getLogger(__name__)
+
+TYPES = (
+    "presence.online",
+    "presence.offline",
+    "channel.occupied",
+    "channel.vacated",
+    "inbox.read",
+    "push.failed",
+)
+WEBHOOK_TASK = "notifier.webhook"  # worker/tasks.py
+RETRY_FOR_SECS = 24 * 3600  # a delivery is retried this long; an endpoint failing this long is disabled
+MAX_BACKOFF_SECS = 3600
+LEASE_SECS = 60
+MAX_ENDPOINTS = 100
+
+
+class InvalidEndpoint(ValueError):
+    """A webhook endpoint that cannot be registered; the message says why."""
+
+
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(os.urandom(24)).decode()
+
+
+# Endpoints
+
+
+def describe(endpoint: WebhookEndpoint) -> dict[str, Any]:
+    return {
+        "id": endpoint.pk,
+        "url": endpoint.url,
+        "events": list(endpoint.events),
+        "created_at": _time(endpoint.created_at),
+        "disabled": endpoint.disabled_at is not None,
+        "failing_since": _time(endpoint.failing_since),
+    }
+
+
+def create(url: str, events: Sequence[str]) -> tuple[WebhookEndpoint, str]:
+    """A new endpoint and its secret (the only time the secret is shown)."""
+    try:
+        outbound.check_url(url)
+    except outbound.Refused as exc:
+        raise InvalidEndpoint(f"url: {exc}") from None
+    unknown = sorted(set(events) - set(TYPES))
+    if unknown or not events:
+        raise InvalidEndpoint(f"events: choose one or more of {', '.join(TYPES)}")
+    if WebhookEndpoint.objects.count() >= MAX_ENDPOINTS:
+        raise InvalidEndpoint(f"at most {MAX_ENDPOINTS} webhook endpoints")
+    secret = new_secret()
+    endpoint = WebhookEndpoint.objects.create(url=url, events=list(dict.fromkeys(events)), secret=secret)
+    return endpoint, secret
+
+
+def rotate(endpoint_id: int) -> str | None:
+    """A new secret for the endpoint (deliveries from now on are signed with it); None when
+    there is no such endpoint. Rotating also enables a disabled endpoint again."""
+    secret = new_secret()
+    found = WebhookEndpoint.objects.filter(pk=endpoint_id).update(secret=secret, disabled_at=None, failing_since=None)
+    return secret if found else None
+
+
+# Emitting
+
+
+def emit(type: str, data: dict[str, Any]) -> list[int]:  # noqa: A002 - the contract's name
+    """Queue `type` with `data` to every enabled endpoint that subscribed to it; the
+    deliveries' ids (none when nobody listens: one query)."""
+    assert type in TYPES, type
+    endpoints = [e for e in WebhookEndpoint.objects.filter(disabled_at__isnull=True) if type in e.events]
+    if not endpoints:
+        return []
+    now = timezone.now()
+    body = {"type": type, "timestamp": _time(now), "data": data}
+    rows = WebhookDelivery.objects.bulk_create(
+        WebhookDelivery(
+            endpoint=endpoint,
+            message_id=f"msg_{random_hex(16)}",
+            type=type,
+            payload=body,
+            next_attempt_at=now,
+            give_up_at=now + timedelta(seconds=RETRY_FOR_SECS),
+        )
+        for endpoint in endpoints
+    )
+    for row in rows:
+        background.queue(WEBHOOK_TASK, {"delivery_id": row.pk})
+    return [row.pk for row in rows]
+
+
+def redeliver(delivery_id: int) -> bool:
+    """Send a delivery again (the admin's action), with the same webhook-id, as a new series
+    of attempts."""
+    now = timezone.now()
+    found = WebhookDelivery.objects.filter(pk=delivery_id).exclude(status=WebhookDelivery.SENDING)
+    if not found.update(
+        status=WebhookDelivery.PENDING, next_attempt_at=now, give_up_at=now + timedelta(seconds=RETRY_FOR_SECS)
+    ):
+        return False
+    background.queue(WEBHOOK_TASK, {"delivery_id": delivery_id})
+    return True
+
+
+# Delivering one
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str  # delivered | retry | failed | disabled | taken
+    retry_in: float | None = None
+
+
+def deliver(delivery_id: int, client: requests.Session) -> Outcome:
+    """One attempt at `delivery_id`, if it is due and nobody else holds it."""
+    now = timezone.now()
+    taken = WebhookDelivery.objects.filter(
+        Q(status=WebhookDelivery.PENDING, next_attempt_at__lte=now)
+        | Q(status=WebhookDelivery.SENDING, lease_until__lt=now),
+        pk=delivery_id,
+    ).update(status=WebhookDelivery.SENDING, lease_until=now + timedelta(seconds=LEASE_SECS))
+    if not taken:
+        return Outcome("taken")
+    delivery = WebhookDelivery.objects.select_related("endpoint").get(pk=delivery_id)
+    endpoint = delivery.endpoint
+    if endpoint.disabled_at is not None:
+        return _finish(delivery, WebhookDelivery.FAILED, "disabled", None, "the endpoint is disabled")
+    delivery.attempts += 1
+    body = dumps(delivery.payload)
+    stamp = timezone.now()
+    headers = {
+        "Content-Type": "application/json",
+        "webhook-id": delivery.message_id,
+        "webhook-timestamp": str(int(stamp.timestamp())),
+        "webhook-signature": Webhook(endpoint.secret).sign(delivery.message_id, stamp, body),
+        "User-Agent": "notifier-webhooks",
+    }
+    try:
+        answer = outbound.post(client, endpoint.url, body.encode(), headers)
+    except outbound.Refused as exc:
+        return _failed(delivery, None, f"refused: {exc}")
+    except outbound.Failed as exc:
+        return _failed(delivery, None, str(exc))
+    if 200 <= answer.status < 300:
+        WebhookEndpoint.objects.filter(pk=endpoint.pk, failing_since__isnull=False).update(failing_since=None)
+        return _finish(delivery, WebhookDelivery.DELIVERED, "delivered", answer.status, "")
+    return _failed(delivery, answer.status, answer.body[:300].decode("utf-8", "replace"))
+
+
+def _failed(delivery: WebhookDelivery, status: int | None, error: str) -> Outcome:
+    """A failed attempt: another one after an exponential backoff with jitter, unless the
+    delivery's 24 h ran out or its endpoint has now failed for 24 h (then it is disabled)."""
+    now = timezone.now()
+    endpoint = delivery.endpoint
+    WebhookEndpoint.objects.filter(pk=endpoint.pk, failing_since__isnull=True).update(failing_since=now)
+    failing_since = endpoint.failing_since or now
+    if now - failing_since >= timedelta(seconds=RETRY_FOR_SECS):
+        logger.warning("webhook endpoint %s has failed for 24 h: disabled", endpoint.pk)
+        WebhookEndpoint.objects.filter(pk=endpoint.pk).update(disabled_at=now)
+        return _finish(delivery, WebhookDelivery.FAILED, "disabled", status, error)
+    delay = min(MAX_BACKOFF_SECS, 2 ** min(delivery.attempts, 20)) * random.uniform(0.5, 1.0)  # noqa: S311
+    at = now + timedelta(seconds=delay)
+    if at >= delivery.give_up_at:
+        return _finish(delivery, WebhookDelivery.FAILED, "failed", status, error)
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(
+        status=WebhookDelivery.PENDING, next_attempt_at=at, attempts=delivery.attempts, last_status=status,
+        last_error=error[:300], lease_until=None,
+    )  # fmt: skip
+    return _counted(Outcome("retry", delay))
+
+
+def _finish(delivery: WebhookDelivery, status: str, outcome: str, http_status: int | None, error: str) -> Outcome:
+    if status == WebhookDelivery.FAILED:
+        logger.warning(
+            "webhook %s to endpoint %s given up (%s): %s", delivery.message_id, delivery.endpoint_id, outcome, error
+        )
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(
+        status=status, attempts=delivery.attempts, last_status=http_status, last_error=error[:300], lease_until=None,
+        delivered_at=timezone.now() if status == WebhookDelivery.DELIVERED else None,
+    )  # fmt: skip
+    return _counted(Outcome(outcome))
+
+
+def _counted(outcome: Outcome) -> Outcome:
+    metrics.inc("notifier_webhooks", outcome=outcome.name)
+    return outcome
+
+
+def due(grace_secs: float, limit: int = 1000) -> list[int]:
+    """Deliveries whose task may have been lost (as `push.due`)."""
+    now = timezone.now()
+    late = now - timedelta(seconds=grace_secs)
+    found = WebhookDelivery.objects.filter(
+        Q(status=WebhookDelivery.PENDING, next_attempt_at__lte=late)
+        | Q(status=WebhookDelivery.SENDING, lease_until__lt=now)
+    ).order_by("next_attempt_at")[:limit]
+    return list(found.values_list("id", flat=True))
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
