@@ -40,7 +40,7 @@ def test_the_finder_exposes_exactly_the_client_files() -> None:
         assert finders.find(path) is None, path
     listed = [(path, storage.path(path)) for path, storage in JsClientFinder().list(None)]
     assert listed == [(name, str(JS_DIR / name)) for name in CLIENT_FILES]
-    assert [path for path, _ in JsClientFinder().list(["*.global.js"])] == ["notifier.js"]
+    assert [path for path, _ in JsClientFinder().list(["*.global.js"])] == ["notifier.js", "notifier-sw.js"]
     assert JsClientFinder().check() == []
 
 
@@ -58,6 +58,7 @@ def test_a_missing_build_is_a_system_check_error(tmp_path: Path, settings: Any) 
     settings.BASE_DIR = tmp_path
     (tmp_path / "clients" / "js").mkdir(parents=True)
     (tmp_path / "clients" / "js" / "notifier.js").write_text("export const a = 1;\n")
+    (tmp_path / "clients" / "js" / "notifier-sw.js").write_text("// the service worker\n")
     errors = JsClientFinder().check()
     assert [e.id for e in errors] == ["notifier.E001"]
     assert "notifier.global.js" in errors[0].msg and "npm run build" in str(errors[0].hint)
