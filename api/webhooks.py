@@ -56,6 +56,7 @@ class EndpointView(WebhooksView):
     @extend_schema(responses={204: None, **ERRORS})
     def delete(self, request: Request, endpoint_id: int) -> Response:
         deleted, _ = WebhookEndpoint.objects.filter(pk=endpoint_id).delete()
+        webhooks.forget_wanted()
         if not deleted:
             raise exceptions.NotFound("no such webhook endpoint")
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -18,7 +18,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from . import frames, membership, metrics
+from . import frames, membership, metrics, online
 from .authorization import Identity, get_authorizer
 from .codes import CloseCode, ErrorCode
 from .conf import notifier_settings
@@ -26,7 +26,7 @@ from .connection import Connection
 from .history import Position
 from .hub import Subscription
 from .limits import TokenBucket
-from .presence import get_presence
+from .presence import REFUSED, get_presence
 from .process import get_hub, is_draining
 from .publish import PublishError, apublish
 from .tokens import ConnectionClaims, InvalidToken, TokenExpired, decode_connection_token
@@ -109,7 +109,9 @@ class ClientSession:
             await membership.leave_or_log(self.conn, channel)
         if self._registered and self.conn.user is not None:
             try:
-                await get_presence().unregister_connection(self.conn.user, self.conn.id)
+                online.unregistered(
+                    self.conn.user, await get_presence().unregister_connection(self.conn.user, self.conn.id)
+                )
             except (RedisError, OSError) as exc:
                 self.log.warning("presence cleanup failed: %s", exc, extra=self.log_context)
                 metrics.inc("notifier_redis_errors", operation="presence")
@@ -225,9 +227,11 @@ class ClientSession:
 
     async def _register(self, user: str) -> None:
         limit = notifier_settings.MAX_CONNECTIONS_PER_USER
-        if not await get_presence().register_connection(user, self.conn.id, limit):
+        code = await get_presence().register_connection(user, self.conn.id, limit)
+        if code == REFUSED:
             raise Refused(ErrorCode.TOO_MANY_CONNECTIONS, f"at most {limit} connections per user")
         self._registered = True
+        online.registered(user, code)
 
     def _set_identity(self, identity: Identity) -> None:
         self.identity = identity

@@ -47,6 +47,8 @@ DEFAULTS: dict[str, Any] = {
     "PUBLISH_RATE_PER_KEY": "1000/s",
     "PRESENCE_TTL_SECS": 30,
     "PRESENCE_LEAVE_DELAY_SECS": 3,
+    # A user's last connection gone this long is `presence.offline` (webhooks): a reload is not.
+    "PRESENCE_DEBOUNCE_SECS": 10,
     "REDIS_PREFIX": "notifier",
     "REDIS_MAX_CONNECTIONS": 50,
     "REDIS_CONNECT_TIMEOUT_SECS": 2,

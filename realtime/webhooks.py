@@ -16,6 +16,7 @@ import base64
 import logging
 import os
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -82,7 +83,15 @@ def create(url: str, events: Sequence[str]) -> tuple[WebhookEndpoint, str]:
         raise InvalidEndpoint(f"at most {MAX_ENDPOINTS} webhook endpoints")
     secret = new_secret()
     endpoint = WebhookEndpoint.objects.create(url=url, events=list(dict.fromkeys(events)), secret=secret)
+    forget_wanted()
     return endpoint, secret
+
+
+def forget_wanted() -> None:
+    """After a change of the endpoints: this process asks the database again (others within
+    WANTED_CACHE_SECS)."""
+    global _wanted
+    _wanted = None
 
 
 def rotate(endpoint_id: int) -> str | None:
@@ -90,17 +99,33 @@ def rotate(endpoint_id: int) -> str | None:
     there is no such endpoint. Rotating also enables a disabled endpoint again."""
     secret = new_secret()
     found = WebhookEndpoint.objects.filter(pk=endpoint_id).update(secret=secret, disabled_at=None, failing_since=None)
+    forget_wanted()
     return secret if found else None
 
 
 # Emitting
 
+WANTED_CACHE_SECS = 5.0
+_wanted: tuple[float, frozenset[str]] | None = None  # (until, the types enabled endpoints want)
+
+
+def wanted(type: str) -> bool | None:  # noqa: A002 - the contract's name
+    """Whether some enabled endpoint wants `type`, as `emit` last saw it (at most
+    WANTED_CACHE_SECS ago); None when that is not known. Hot paths (a connection opening)
+    skip their webhook work on False without touching the database."""
+    if _wanted is None or _wanted[0] < time.monotonic():
+        return None
+    return type in _wanted[1]
+
 
 def emit(type: str, data: dict[str, Any]) -> list[int]:  # noqa: A002 - the contract's name
     """Queue `type` with `data` to every enabled endpoint that subscribed to it; the
     deliveries' ids (none when nobody listens: one query)."""
+    global _wanted
     assert type in TYPES, type
-    endpoints = [e for e in WebhookEndpoint.objects.filter(disabled_at__isnull=True) if type in e.events]
+    enabled = list(WebhookEndpoint.objects.filter(disabled_at__isnull=True))
+    _wanted = (time.monotonic() + WANTED_CACHE_SECS, frozenset(t for e in enabled for t in e.events))
+    endpoints = [e for e in enabled if type in e.events]
     if not endpoints:
         return []
     now = timezone.now()

@@ -4,6 +4,8 @@ sent by a real Celery worker to a receiver process that verifies each with the
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import time
 import uuid
 from typing import Any
@@ -11,7 +13,8 @@ from typing import Any
 import pytest
 
 from .offline import Stack, call, fresh_user, subscribed, token
-from .support import manage, notify
+from .support import Server, manage, notify, wait_until
+from .wsclient import Client
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +119,47 @@ def test_an_endpoint_gets_only_the_events_it_asked_for(stack: Stack, hooks_key: 
     stack.hooks.wait_for(reads, 1)
     time.sleep(1)
     assert stack.hooks.received(pushes_only) == []
+
+
+def of_user(stack: Stack, name: str, user: str, count: int, timeout: float = 20) -> list[dict[str, Any]]:
+    """The presence webhooks about `user` (the sweep also tells of other tests' users, whose
+    connections ended with their processes), once there are `count`."""
+
+    def mine() -> list[dict[str, Any]]:
+        return [h for h in stack.hooks.received(name) if h["body"]["data"].get("user") == user]
+
+    wait_until(lambda: len(mine()) >= count, timeout=timeout, what=f"{count} presence webhooks of {user}")
+    return mine()
+
+
+async def test_presence_online_and_offline_once_and_a_reload_is_neither(stack: Stack, hooks_key: str) -> None:
+    name, _ = endpoint(stack, hooks_key, ["presence.online", "presence.offline"])
+    user = fresh_user()
+    url = f"{stack.server.ws}?token={token(user)}"
+    tab = await Client.connect(url)
+    (online,) = of_user(stack, name, user, 1)
+    assert online["verified"] and online["body"]["type"] == "presence.online"
+    second = await Client.connect(url)  # another tab: already online
+    await tab.close()
+    tab = await Client.connect(url)  # a reload of the first
+    await second.close()
+    await tab.close()
+    _, offline = of_user(stack, name, user, 2)
+    assert offline["verified"] and offline["body"]["type"] == "presence.offline"
+    await asyncio.sleep(2.5)  # past the debounce twice: nothing more
+    assert [h["body"]["type"] for h in of_user(stack, name, user, 2)] == ["presence.online", "presence.offline"]
+
+
+async def test_a_user_whose_server_died_goes_offline_through_the_sweep(stack: Stack, hooks_key: str) -> None:
+    name, _ = endpoint(stack, hooks_key, ["presence.offline"])
+    user = fresh_user()
+    doomed = Server({**stack.env, "NOTIFIER_PRESENCE_TTL_SECS": "2"}, stack.workdir)
+    try:
+        tab = await Client.connect(f"{doomed.ws}?token={token(user)}")
+        await tab.subscribe(f"user:{user}")
+        doomed.signal(signal.SIGKILL)
+        doomed.proc.wait()
+        (offline,) = of_user(stack, name, user, 1, timeout=30)
+        assert offline["verified"] and offline["body"]["type"] == "presence.offline"
+    finally:
+        doomed.stop()
