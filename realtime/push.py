@@ -26,11 +26,10 @@ from typing import Any, NamedTuple
 
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
-from django.db.models import Q
 from django.utils import timezone
 from pywebpush import WebPusher
 
-from . import background, metrics, outbound, vapid, webhooks
+from . import background, leases, metrics, outbound, vapid, webhooks
 from .bridge import run_sync
 from .events import dumps
 from .models import InboxPreference, PushDelivery, PushSubscription
@@ -230,10 +229,7 @@ class Outcome:
 def deliver(delivery_id: int, client: requests.Session) -> Outcome:
     """One attempt at `delivery_id`, if it is due and nobody else holds it."""
     now = timezone.now()
-    taken = PushDelivery.objects.filter(
-        Q(status=PushDelivery.PENDING, next_attempt_at__lte=now) | Q(status=PushDelivery.SENDING, lease_until__lt=now),
-        pk=delivery_id,
-    ).update(status=PushDelivery.SENDING, lease_until=now + timedelta(seconds=LEASE_SECS))
+    taken = leases.take(PushDelivery, delivery_id, LEASE_SECS)
     if not taken:
         return Outcome("taken")
     delivery = PushDelivery.objects.select_related("subscription").get(pk=delivery_id)
@@ -332,12 +328,5 @@ def _text(body: bytes) -> str:
 
 
 def due(grace_secs: float, limit: int = 1000) -> list[int]:
-    """Deliveries whose task may have been lost: pending and due for more than `grace_secs`,
-    or sending with their lease run out (a worker died mid-send). Queuing one again is safe:
-    `deliver` takes each attempt only once."""
-    now = timezone.now()
-    late = now - timedelta(seconds=grace_secs)
-    found = PushDelivery.objects.filter(
-        Q(status=PushDelivery.PENDING, next_attempt_at__lte=late) | Q(status=PushDelivery.SENDING, lease_until__lt=now)
-    ).order_by("next_attempt_at")[:limit]
-    return list(found.values_list("id", flat=True))
+    """Deliveries whose task may have been lost (`leases.lost`)."""
+    return leases.lost(PushDelivery, grace_secs, limit)

@@ -23,11 +23,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import requests
-from django.db.models import Q
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
-from . import background, metrics, outbound
+from . import background, leases, metrics, outbound
 from .events import dumps, random_hex
 from .models import WebhookDelivery, WebhookEndpoint
 
@@ -170,12 +169,7 @@ class Outcome:
 
 def deliver(delivery_id: int, client: requests.Session) -> Outcome:
     """One attempt at `delivery_id`, if it is due and nobody else holds it."""
-    now = timezone.now()
-    taken = WebhookDelivery.objects.filter(
-        Q(status=WebhookDelivery.PENDING, next_attempt_at__lte=now)
-        | Q(status=WebhookDelivery.SENDING, lease_until__lt=now),
-        pk=delivery_id,
-    ).update(status=WebhookDelivery.SENDING, lease_until=now + timedelta(seconds=LEASE_SECS))
+    taken = leases.take(WebhookDelivery, delivery_id, LEASE_SECS)
     if not taken:
         return Outcome("taken")
     delivery = WebhookDelivery.objects.select_related("endpoint").get(pk=delivery_id)
@@ -244,14 +238,8 @@ def _counted(outcome: Outcome) -> Outcome:
 
 
 def due(grace_secs: float, limit: int = 1000) -> list[int]:
-    """Deliveries whose task may have been lost (as `push.due`)."""
-    now = timezone.now()
-    late = now - timedelta(seconds=grace_secs)
-    found = WebhookDelivery.objects.filter(
-        Q(status=WebhookDelivery.PENDING, next_attempt_at__lte=late)
-        | Q(status=WebhookDelivery.SENDING, lease_until__lt=now)
-    ).order_by("next_attempt_at")[:limit]
-    return list(found.values_list("id", flat=True))
+    """Deliveries whose task may have been lost (`leases.lost`)."""
+    return leases.lost(WebhookDelivery, grace_secs, limit)
 
 
 def _time(value: datetime | None) -> str | None:
