@@ -18,7 +18,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from . import frames, membership, metrics, online
+from . import frames, membership, metrics, online, rosters
 from .authorization import Identity, get_authorizer
 from .codes import CloseCode, ErrorCode
 from .conf import notifier_settings
@@ -26,7 +26,6 @@ from .connection import Connection
 from .history import Position
 from .hub import Subscription
 from .limits import TokenBucket
-from .presence import REFUSED, get_presence
 from .process import get_hub, is_draining
 from .publish import PublishError, apublish
 from .tokens import ConnectionClaims, InvalidToken, TokenExpired, decode_connection_token
@@ -110,7 +109,7 @@ class ClientSession:
         if self._registered and self.conn.user is not None:
             try:
                 online.unregistered(
-                    self.conn.user, await get_presence().unregister_connection(self.conn.user, self.conn.id)
+                    self.conn.user, await rosters.user_connections().remove(self.conn.user, self.conn.id)
                 )
             except (RedisError, OSError) as exc:
                 self.log.warning("presence cleanup failed: %s", exc, extra=self.log_context)
@@ -227,8 +226,8 @@ class ClientSession:
 
     async def _register(self, user: str) -> None:
         limit = notifier_settings.MAX_CONNECTIONS_PER_USER
-        code = await get_presence().register_connection(user, self.conn.id, limit)
-        if code == REFUSED:
+        code = await rosters.user_connections().add(user, self.conn.id, limit)
+        if code == rosters.REFUSED:
             raise Refused(ErrorCode.TOO_MANY_CONNECTIONS, f"at most {limit} connections per user")
         self._registered = True
         online.registered(user, code)

@@ -19,12 +19,13 @@ from typing import Any
 
 from channels.layers import BaseChannelLayer
 
-from . import broker, metrics
+from . import broker, metrics, rosters
 from .channels import group_of
 from .codes import CloseCode
 from .conf import notifier_settings
 from .connection import Connection
 from .history import History, Position, Slice
+from .online import Occupancy
 from .presence import get_presence
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,11 @@ class _Channel:
     gap_timer: asyncio.Task[None] | None = None
     retired: list[str] = field(default_factory=list)  # earlier epochs, most recent last
 
+    def group_joined(self) -> bool:
+        """Whether this process is in the channel's layer group (its join succeeded)."""
+        joined = self.joined
+        return joined is not None and joined.done() and not joined.cancelled() and joined.exception() is None
+
 
 @dataclass(frozen=True)
 class Subscription:
@@ -102,6 +108,7 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._started = asyncio.Lock()
         self._position_task: asyncio.Task[None] | None = None
+        self.occupancy: Occupancy | None = None
 
     # -- connections -------------------------------------------------------------------------
 
@@ -253,17 +260,16 @@ class Hub:
                 joined.exception()  # retrieved: concurrent waiters re-raise it themselves
             raise
         joined.set_result(None)
+        if self.occupancy is not None:
+            self.occupancy.joined(channel)
 
     async def _leave_if_unused(self, channel: str, state: _Channel) -> None:
         if state.subscribers or state.pending or self._channels.get(channel) is not state:
             return
         del self._channels[channel]
-        if (
-            state.joined is not None
-            and state.joined.done()
-            and not state.joined.cancelled()
-            and state.joined.exception() is None
-        ):
+        if state.group_joined():
+            if self.occupancy is not None:
+                self.occupancy.left(channel)
             try:
                 assert self._layer_channel is not None
                 await self.layer.group_discard(group_of(channel), self._layer_channel)
@@ -287,7 +293,9 @@ class Hub:
             if self._layer_channel is None:
                 name = await self.layer.new_channel(prefix="hub.")
                 loop = asyncio.get_running_loop()
+                self.occupancy = Occupancy(name)
                 self._tasks = [
+                    loop.create_task(self.occupancy.run()),
                     loop.create_task(self._receive_loop(name)),
                     loop.create_task(self._heartbeat_loop()),
                     loop.create_task(self._position_loop()),
@@ -527,15 +535,17 @@ class Hub:
                 conn.ping()
 
     async def _presence_loop(self) -> None:
-        """Keep this process's presence and per-user connection entries from expiring."""
+        """Keep this process's presence, per-user connection and per-channel entries from
+        expiring."""
         while True:
             await asyncio.sleep(max(1.0, notifier_settings.PRESENCE_TTL_SECS / 3))
+            if self.occupancy is not None:
+                self.occupancy.refresh([ch for ch, state in self._channels.items() if state.group_joined()])
             entries = [(ch, c.user or "", c.id) for c in self.connections for ch in c.presence_channels]
             users = [(c.user, c.id) for c in self.connections if c.user is not None]
-            if not entries and not users:
-                continue
             try:
-                await get_presence().refresh(entries, users)
+                await get_presence().refresh(entries)
+                await rosters.user_connections().refresh(users)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis down: entries may lapse, then return

@@ -29,11 +29,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from django.utils import timezone
 from pywebpush import WebPusher
 
-from . import background, leases, metrics, outbound, vapid, webhooks
+from . import background, leases, metrics, outbound, rosters, vapid, webhooks
 from .bridge import run_sync
 from .events import dumps
 from .models import InboxPreference, PushDelivery, PushSubscription
-from .presence import get_presence
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +182,7 @@ def plan(
     subscription. Their ids, those still to send."""
     users = list(dict.fromkeys(user for user, _ in targets))
     if spec.when == "offline":
-        online = run_sync(get_presence().connected, users)
+        online = run_sync(rosters.user_connections().held, users)
         users = [user for user in users if user not in online]
     if category is not None and users:
         muted = set(

@@ -117,14 +117,27 @@ def wanted(type: str) -> bool | None:  # noqa: A002 - the contract's name
     return type in _wanted[1]
 
 
+def wanted_types() -> frozenset[str]:
+    """The types some enabled endpoint wants, asking the database when the cache is stale."""
+    if _wanted is None or _wanted[0] < time.monotonic():
+        _enabled()
+    assert _wanted is not None
+    return _wanted[1]
+
+
+def _enabled() -> list[WebhookEndpoint]:
+    """The enabled endpoints; what they want is cached for `wanted`."""
+    global _wanted
+    enabled = list(WebhookEndpoint.objects.filter(disabled_at__isnull=True))
+    _wanted = (time.monotonic() + WANTED_CACHE_SECS, frozenset(t for e in enabled for t in e.events))
+    return enabled
+
+
 def emit(type: str, data: dict[str, Any]) -> list[int]:  # noqa: A002 - the contract's name
     """Queue `type` with `data` to every enabled endpoint that subscribed to it; the
     deliveries' ids (none when nobody listens: one query)."""
-    global _wanted
     assert type in TYPES, type
-    enabled = list(WebhookEndpoint.objects.filter(disabled_at__isnull=True))
-    _wanted = (time.monotonic() + WANTED_CACHE_SECS, frozenset(t for e in enabled for t in e.events))
-    endpoints = [e for e in enabled if type in e.events]
+    endpoints = [e for e in _enabled() if type in e.events]
     if not endpoints:
         return []
     now = timezone.now()

@@ -121,14 +121,14 @@ def test_an_endpoint_gets_only_the_events_it_asked_for(stack: Stack, hooks_key: 
     assert stack.hooks.received(pushes_only) == []
 
 
-def of_user(stack: Stack, name: str, user: str, count: int, timeout: float = 20) -> list[dict[str, Any]]:
-    """The presence webhooks about `user` (the sweep also tells of other tests' users, whose
-    connections ended with their processes), once there are `count`."""
+def about(stack: Stack, name: str, count: int, timeout: float = 20, **data: str) -> list[dict[str, Any]]:
+    """The webhooks whose data has `data` (the sweep also tells of other tests' users and
+    channels, whose connections ended with their processes), once there are `count`."""
 
     def mine() -> list[dict[str, Any]]:
-        return [h for h in stack.hooks.received(name) if h["body"]["data"].get("user") == user]
+        return [h for h in stack.hooks.received(name) if data.items() <= h["body"]["data"].items()]
 
-    wait_until(lambda: len(mine()) >= count, timeout=timeout, what=f"{count} presence webhooks of {user}")
+    wait_until(lambda: len(mine()) >= count, timeout=timeout, what=f"{count} webhooks about {data}")
     return mine()
 
 
@@ -137,17 +137,17 @@ async def test_presence_online_and_offline_once_and_a_reload_is_neither(stack: S
     user = fresh_user()
     url = f"{stack.server.ws}?token={token(user)}"
     tab = await Client.connect(url)
-    (online,) = of_user(stack, name, user, 1)
+    (online,) = about(stack, name, 1, user=user)
     assert online["verified"] and online["body"]["type"] == "presence.online"
     second = await Client.connect(url)  # another tab: already online
     await tab.close()
     tab = await Client.connect(url)  # a reload of the first
     await second.close()
     await tab.close()
-    _, offline = of_user(stack, name, user, 2)
+    _, offline = about(stack, name, 2, user=user)
     assert offline["verified"] and offline["body"]["type"] == "presence.offline"
     await asyncio.sleep(2.5)  # past the debounce twice: nothing more
-    assert [h["body"]["type"] for h in of_user(stack, name, user, 2)] == ["presence.online", "presence.offline"]
+    assert [h["body"]["type"] for h in about(stack, name, 2, user=user)] == ["presence.online", "presence.offline"]
 
 
 async def test_a_user_whose_server_died_goes_offline_through_the_sweep(stack: Stack, hooks_key: str) -> None:
@@ -159,7 +159,55 @@ async def test_a_user_whose_server_died_goes_offline_through_the_sweep(stack: St
         await tab.subscribe(f"user:{user}")
         doomed.signal(signal.SIGKILL)
         doomed.proc.wait()
-        (offline,) = of_user(stack, name, user, 1, timeout=30)
+        (offline,) = about(stack, name, 1, timeout=30, user=user)
         assert offline["verified"] and offline["body"]["type"] == "presence.offline"
+    finally:
+        doomed.stop()
+
+
+def types(hooks: list[dict[str, Any]]) -> list[str]:
+    assert all(h["verified"] for h in hooks)
+    return [h["body"]["type"] for h in hooks]
+
+
+async def test_channel_occupied_and_vacated_once_across_processes(stack: Stack, hooks_key: str) -> None:
+    name, _ = endpoint(stack, hooks_key, ["channel.occupied", "channel.vacated"])
+    user = fresh_user()
+    channel = f"user:{user}"
+    other = Server(stack.env, stack.workdir)
+    try:
+        tab = await Client.connect(f"{stack.server.ws}?token={token(user)}")
+        await tab.subscribe(channel)
+        assert types(about(stack, name, 1, channel=channel)) == ["channel.occupied"]
+        elsewhere = await Client.connect(f"{other.ws}?token={token(user)}")
+        await elsewhere.subscribe(channel)  # a second process: already occupied
+        await tab.close()  # one process left: still occupied
+        tab = await Client.connect(f"{stack.server.ws}?token={token(user)}")  # a reload
+        await tab.subscribe(channel)
+        await elsewhere.close()
+        assert (await tab.request({"op": "unsubscribe", "channel": channel}))["type"] == "unsubscribed"
+        await tab.subscribe(channel)  # back within the debounce: not vacated
+        await asyncio.sleep(2.5)  # twice the debounce
+        assert types(about(stack, name, 1, channel=channel)) == ["channel.occupied"]
+        await tab.close()
+        assert types(about(stack, name, 2, channel=channel)) == ["channel.occupied", "channel.vacated"]
+        await asyncio.sleep(2.5)
+        assert len(about(stack, name, 2, channel=channel)) == 2
+    finally:
+        other.stop()
+
+
+async def test_a_channel_whose_only_process_died_is_vacated_through_the_sweep(stack: Stack, hooks_key: str) -> None:
+    name, _ = endpoint(stack, hooks_key, ["channel.vacated"])
+    user = fresh_user()
+    doomed = Server({**stack.env, "NOTIFIER_PRESENCE_TTL_SECS": "2"}, stack.workdir)
+    try:
+        tab = await Client.connect(f"{doomed.ws}?token={token(user)}")
+        await tab.subscribe(f"user:{user}")
+        await asyncio.sleep(1)  # counted off the subscribe path
+        doomed.signal(signal.SIGKILL)
+        doomed.proc.wait()
+        (vacated,) = about(stack, name, 1, timeout=30, channel=f"user:{user}")
+        assert types([vacated]) == ["channel.vacated"]
     finally:
         doomed.stop()

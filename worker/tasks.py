@@ -10,12 +10,11 @@ import requests
 from celery import Task, shared_task
 from rest_framework.exceptions import ValidationError
 
-from realtime import background, outbound, webhooks
+from realtime import background, outbound, rosters, webhooks
 from realtime import push as webpush
 from realtime.bridge import run_sync
 from realtime.conf import notifier_settings
 from realtime.notify import publish_request, validated_notify
-from realtime.presence import get_presence
 from realtime.publish import NotReplicated, PublishError, StoredNotSent, Unavailable, publish
 
 logger = logging.getLogger(__name__)
@@ -111,7 +110,8 @@ def webhook(delivery_id: int) -> str:
 def sweep() -> int:
     """Queue again the pushes and webhooks whose task was lost (a worker killed while it held
     one, or a broker that dropped it): pending and past due by two sweeps, or sending with
-    their lease run out. And tell `presence.offline` for users whose server process died.
+    their lease run out. And tell `presence.offline` for users, and `channel.vacated` for
+    channels, whose server processes died.
     Celery beat runs this every NOTIFIER_SWEEP_SECS (CELERY_BEAT_SCHEDULE)."""
     grace = 2 * notifier_settings.SWEEP_SECS
     pushes, hooks = webpush.due(grace_secs=grace), webhooks.due(grace_secs=grace)
@@ -119,6 +119,8 @@ def sweep() -> int:
         push_delivery.delay(delivery_id)
     for delivery_id in hooks:
         webhook.delay(delivery_id)
-    for user in run_sync(get_presence().gone_users, 1000):  # their server process died
+    for user in run_sync(rosters.user_connections().gone, 1000):  # their server process died
         webhooks.emit("presence.offline", {"user": user})
+    for channel in run_sync(rosters.channel_processes().gone, 1000):  # so did every subscriber's
+        webhooks.emit("channel.vacated", {"channel": channel})
     return len(pushes) + len(hooks)
