@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from rest_framework import exceptions
 
+from realtime import scheduling
 from realtime.conf import notifier_settings
 from realtime.notify import BatchRequestSerializer, publish_request, validated_notify
 from realtime.publish import PublishError, PublishRequest, PublishResult, Unavailable, apublish, apublish_many
@@ -65,8 +66,10 @@ async def answer(call: NotifyCall) -> dict[str, Any]:
 
 
 async def notify(key: ApiKey, publisher: str, body: Any) -> dict[str, Any]:
-    """Publish one event for `key`: `{"id", "channels"}`."""
-    request = _request(key, publisher, body)
+    """Publish one event for `key`: `{"id", "channels"}`; or keep it for later (DESIGN §12)."""
+    request, later = _request(key, publisher, body)
+    if later is not None:
+        return await scheduling.ahold(request, later)
     result = await apublish(request.channels, request.event, request.data, **request.options())
     return result.as_dict()
 
@@ -83,12 +86,13 @@ async def notify_batch(key: ApiKey, publisher: str, body: Any) -> dict[str, Any]
     requests: list[tuple[int, PublishRequest]] = []
     for index, event in enumerate(events):
         try:
-            request = _request(key, publisher, event)
+            request, later = _request(key, publisher, event)
+            results.append(await scheduling.ahold(request, later) if later is not None else {})
         except (exceptions.APIException, PublishError) as exc:
             results.append(batch_error(exc))
             continue
-        results.append({})
-        requests.append((index, request))
+        if later is None:
+            requests.append((index, request))
     answers = await apublish_many([request for _, request in requests])
     for (index, _), published in zip(requests, answers, strict=True):
         results[index] = published.as_dict() if isinstance(published, PublishResult) else batch_error(published)
@@ -97,8 +101,9 @@ async def notify_batch(key: ApiKey, publisher: str, body: Any) -> dict[str, Any]
     return {"results": results}
 
 
-def _request(key: ApiKey, publisher: str, body: Any) -> PublishRequest:
-    """One event's body, validated and checked against the key's channel patterns."""
+def _request(key: ApiKey, publisher: str, body: Any) -> tuple[PublishRequest, scheduling.Later | None]:
+    """One event's body, validated and checked against the key's channel patterns; and when
+    it goes out if not now."""
     attrs = validated_notify(body)
     check_key_channels(key, attrs["targets"])
-    return publish_request(attrs, publisher)
+    return publish_request(attrs, publisher), attrs.get("later")

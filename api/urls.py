@@ -1,7 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from . import inbox, push, views, webhooks
+from . import inbox, push, scheduled, views, webhooks
 
 urlpatterns = [
     path("notify", views.NotifyView.as_view(), name="notify"),
@@ -35,6 +35,8 @@ urlpatterns = [
     path("webhooks", webhooks.EndpointsView.as_view(), name="webhooks"),
     path("webhooks/<int:endpoint_id>", webhooks.EndpointView.as_view(), name="webhook"),
     path("webhooks/<int:endpoint_id>/rotate", webhooks.RotateView.as_view(), name="webhook-rotate"),
+    path("scheduled", scheduled.ScheduledView.as_view(), name="scheduled"),
+    path("scheduled/<str:event_id>", scheduled.ScheduledEventView.as_view(), name="scheduled-event"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]

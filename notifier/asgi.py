@@ -19,10 +19,15 @@ from django.urls import path, re_path  # noqa: E402
 from api.fast import FastPublishApp  # noqa: E402
 from api.fast_inbox import FastInboxApp  # noqa: E402
 from api.health import OperationsApp  # noqa: E402
+from realtime import scheduling  # noqa: E402
+from realtime.conf import notifier_settings  # noqa: E402
 from realtime.origin import OriginMiddleware  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 from realtime.session import SessionAuthMiddleware  # noqa: E402
 from realtime.sse import ServerSentEventsApp  # noqa: E402
+
+if notifier_settings.embedded:  # no Celery beat: this process publishes scheduled events itself
+    scheduling.start_local_dispatcher()
 
 django_app = ASGIStaticFilesHandler(django_http) if settings.SERVE_STATIC else django_http
 http_app = URLRouter(

@@ -369,8 +369,16 @@ MAX_BATCH_EVENTS: int = DEFAULTS["MAX_BATCH_EVENTS"]
 
 # `celery -A notifier beat` (or a worker with -B) runs these: the sweep queues again the
 # pushes and webhooks whose task a killed worker took with it (worker/tasks.py).
+# The dispatch publishes the scheduled events and digests that are due (a tick that waited
+# longer than a few ticks is dropped: a later one does its work).
+_DISPATCH_SECS = float(NOTIFIER.get("DISPATCH_SECS", DEFAULTS["DISPATCH_SECS"]))
 CELERY_BEAT_SCHEDULE = {
-    "sweep": {"task": "notifier.sweep", "schedule": float(NOTIFIER.get("SWEEP_SECS", DEFAULTS["SWEEP_SECS"]))}
+    "sweep": {"task": "notifier.sweep", "schedule": float(NOTIFIER.get("SWEEP_SECS", DEFAULTS["SWEEP_SECS"]))},
+    "dispatch": {
+        "task": "notifier.dispatch",
+        "schedule": _DISPATCH_SECS,
+        "options": {"expires": max(5.0, 4 * _DISPATCH_SECS)},
+    },
 }
 
 # A full batch (MAX_BATCH_EVENTS events at MAX_PAYLOAD_BYTES each, plus their envelopes) fits;

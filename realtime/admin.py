@@ -1,5 +1,6 @@
-"""The inbox, Web Push and webhooks in the Django admin: a user's notifications and their counts per
-category; browsers' push subscriptions and each push's attempts; webhook endpoints and deliveries.
+"""The inbox, Web Push, webhooks and scheduled events in the Django admin: a user's notifications and
+their counts per category; browsers' push subscriptions and each push's attempts; webhook endpoints
+and deliveries; scheduled events and digests, which can be cancelled.
 
 Read-only (the inbox): a change made here would skip the user's counters and the `inbox.changed` event that
 keeps their open tabs right; changes go through the API (`/api/users/<user>/inbox…`)."""
@@ -12,13 +13,14 @@ from django.contrib import admin, messages
 from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse
 
-from . import webhooks
+from . import scheduling, webhooks
 from .models import (
     InboxCounter,
     InboxPreference,
     Notification,
     PushDelivery,
     PushSubscription,
+    ScheduledEvent,
     WebhookDelivery,
     WebhookEndpoint,
 )
@@ -183,3 +185,27 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
     def redeliver(self, request: HttpRequest, queryset: Any) -> None:
         sent = sum(webhooks.redeliver(pk) for pk in queryset.values_list("pk", flat=True))
         self.message_user(request, f"{sent} queued again", messages.INFO)
+
+
+@admin.register(ScheduledEvent)
+class ScheduledEventAdmin(admin.ModelAdmin):
+    """Events waiting for their time and digests collecting; "Cancel" stops those not yet taken."""
+
+    list_display = ["event_id", "event", "deliver_at", "status", "digest_key", "count", "attempts", "delivered_at"]
+    list_filter = ["status"]
+    search_fields = ["=event_id", "=digest_key", "=publisher"]
+    readonly_fields = [f.name for f in ScheduledEvent._meta.fields]
+    ordering = ["-id"]
+    show_full_result_count = False
+    actions = ["cancel"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: ScheduledEvent | None = None) -> bool:
+        return False
+
+    @admin.action(description="Cancel (not yet taken for delivery)")
+    def cancel(self, request: HttpRequest, queryset: Any) -> None:
+        cancelled = scheduling.cancel_rows(queryset)
+        self.message_user(request, f"{cancelled} cancelled", messages.INFO)

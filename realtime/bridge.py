@@ -14,7 +14,8 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from asgiref.sync import SyncToAsync, async_to_sync
+from asgiref.sync import SyncToAsync, async_to_sync, sync_to_async
+from django.db import close_old_connections
 
 T = TypeVar("T")
 
@@ -53,3 +54,17 @@ def run_sync(func: Callable[..., Awaitable[T]], *args: object, **kwargs: object)
 
 async def _call(func: Callable[..., Awaitable[T]], *args: object, **kwargs: object) -> T:
     return await func(*args, **kwargs)
+
+
+async def in_thread(func: Callable[..., T], *args: object) -> T:
+    """Database work from the event loop, in a worker thread with fresh connections (closed
+    after, so no thread keeps one open)."""
+
+    def run() -> T:
+        close_old_connections()
+        try:
+            return func(*args)
+        finally:
+            close_old_connections()
+
+    return await sync_to_async(run, thread_sensitive=False)()

@@ -73,6 +73,12 @@ DEFAULTS: dict[str, Any] = {
     # How often Celery beat queues again the pushes and webhooks whose task was lost (a killed
     # worker); one is taken for lost once it is twice this many seconds past due.
     "SWEEP_SECS": 15,
+    # Scheduled events and digests (DESIGN §12): how far ahead one may be scheduled, how often
+    # Celery beat looks for due ones, and how long a dispatcher holds the ones it took (one
+    # killed holding them: another takes them once this has passed).
+    "MAX_SCHEDULE_DAYS": 30,
+    "DISPATCH_SECS": 0.5,
+    "DISPATCH_LEASE_SECS": 30,
     # Namespace (the part of a channel name before ":") -> policy overrides; see
     # realtime.channels.NamespacePolicy. "" is the namespace of names without ":".
     # NOTIFIER_NAMESPACES: JSON {"namespace": {"public": bool, "client_publish": bool, ...}}.
@@ -130,6 +136,10 @@ def check_values(values: Mapping[str, Any]) -> None:
     if values["REPLICA_ACKS"] and values["REPLICA_ACK_TIMEOUT_MS"] >= 1000 * values["REDIS_SOCKET_TIMEOUT_SECS"]:
         raise ImproperlyConfigured(  # the socket would time out first: stored events would read as not published
             "NOTIFIER_REPLICA_ACK_TIMEOUT_MS must be below NOTIFIER_REDIS_SOCKET_TIMEOUT_SECS (in ms)"
+        )
+    if values["DISPATCH_SECS"] <= 0 or values["DISPATCH_LEASE_SECS"] <= 0 or values["MAX_SCHEDULE_DAYS"] <= 0:
+        raise ImproperlyConfigured(
+            "NOTIFIER_DISPATCH_SECS, NOTIFIER_DISPATCH_LEASE_SECS and NOTIFIER_MAX_SCHEDULE_DAYS must be > 0"
         )
 
 

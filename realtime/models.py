@@ -169,3 +169,56 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.message_id} -> {self.endpoint_id} ({self.status})"
+
+
+class ScheduledEvent(models.Model):
+    """An event published later (DESIGN §12): at `deliver_at`, or at the end of a digest's
+    window, as one event collecting the publishes with its key and target. A dispatcher takes
+    due rows (`SELECT … FOR UPDATE SKIP LOCKED`) with a lease, and publishes each with its
+    `event_id` as idempotency key, so a dispatcher killed at any moment loses and repeats none."""
+
+    PENDING, SENDING, DELIVERED, CANCELLED, FAILED = "pending", "sending", "delivered", "cancelled", "failed"
+    STATUSES = [(s, s) for s in (PENDING, SENDING, DELIVERED, CANCELLED, FAILED)]
+
+    event_id = models.CharField(max_length=64, unique=True)  # the published event's id, answered at once
+    publisher = models.CharField(max_length=64)  # "key:<id>" or "celery"
+    idempotency_key = models.CharField(max_length=128, blank=True)  # "": none
+    channels = models.JSONField()  # the targets, checked when it was scheduled
+    event = models.CharField(max_length=128)
+    data = models.JSONField(null=True, blank=True)  # a digest's: the items, up to digest_max
+    options = models.JSONField(default=dict)  # inbox, category, push: as the publish asked
+    deliver_at = models.DateTimeField()
+    status = models.CharField(max_length=16, choices=STATUSES, default=PENDING)
+    next_attempt_at = models.DateTimeField()  # deliver_at, later after a failed attempt
+    lease_until = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    # A digest: its key and its one target channel, how many publishes it collected (its items
+    # are the first `digest_max` of their data) and when the first and the last came.
+    digest_key = models.CharField(max_length=128, blank=True)  # "": not a digest
+    digest_channel = models.CharField(max_length=200, blank=True)
+    digest_open = models.BooleanField(default=False)  # collecting: until a dispatcher takes it
+    digest_max = models.PositiveSmallIntegerField(null=True, blank=True)
+    count = models.PositiveIntegerField(default=1)
+    first_at = models.DateTimeField(null=True, blank=True)
+    last_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["publisher", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="scheduled_once_per_idempotency_key",
+            ),
+            models.UniqueConstraint(
+                fields=["digest_key", "digest_channel"],
+                condition=models.Q(digest_open=True),
+                name="one_open_digest_per_key_and_channel",
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="scheduled_due")]
+
+    def __str__(self) -> str:
+        return f"{self.event} at {self.deliver_at:%Y-%m-%d %H:%M:%S} ({self.status})"

@@ -9,14 +9,17 @@ is the fast path for ordinary bodies, accepting exactly what the serializer acce
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.utils import timezone
 from rest_framework import serializers
 
 from .channels import InvalidChannel, personal_channel, policy_of, validate_channel
 from .conf import notifier_settings
 from .publish import MAX_EVENT_NAME_LENGTH, PublishRequest, Targets
 from .push import MAX_TTL_SECS, URGENCIES, WHEN, PushSpec
+from .scheduling import DEFAULT_DIGEST_MAX, MAX_DIGEST_MAX, MAX_DIGEST_WINDOW_SECS, Digest, Later
 
 USER_ID_RE = re.compile(r"[A-Za-z0-9_.\-@=]{1,64}")
 CATEGORY_RE = re.compile(r"[a-z0-9_.\-]{1,64}")
@@ -112,6 +115,45 @@ class PushSerializer(StrictObjectSerializer):
         return PushSpec(**attrs)
 
 
+class DeliverAtField(serializers.Field):
+    """An RFC 3339 date and time with its zone ("Z" or an offset)."""
+
+    def to_internal_value(self, data: Any) -> datetime:
+        try:
+            moment = datetime.fromisoformat(data) if isinstance(data, str) and "T" in data.upper() else None
+        except ValueError:
+            moment = None
+        if moment is None or moment.tzinfo is None:
+            raise serializers.ValidationError(
+                "must be an RFC 3339 date and time with a zone, e.g. 2026-12-24T09:00:00Z", code="invalid"
+            )
+        return moment
+
+    def to_representation(self, value: datetime) -> str:
+        return value.isoformat()
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """An integer, not a string or a float DRF would coerce."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if type(data) is not int:
+            raise serializers.ValidationError("must be an integer", code="invalid")
+        return int(super().to_internal_value(data))
+
+
+class DigestSerializer(StrictObjectSerializer):
+    """`digest`: collect the publishes with this key and target for `window` seconds into one
+    event (DESIGN §12)."""
+
+    key = StrictCharField(max_length=128)
+    window = StrictIntegerField(min_value=1, max_value=MAX_DIGEST_WINDOW_SECS)
+    max = StrictIntegerField(required=False, min_value=1, max_value=MAX_DIGEST_MAX, default=DEFAULT_DIGEST_MAX)
+
+    def to_internal_value(self, data: Any) -> Digest:
+        return Digest(**super().to_internal_value(data))
+
+
 class NotifyRequestSerializer(StrictObjectSerializer):
     """One event: where it goes (channel/channels/user/users), its name and data."""
 
@@ -125,8 +167,14 @@ class NotifyRequestSerializer(StrictObjectSerializer):
     inbox = StrictBooleanField(required=False, default=False)
     category = CategoryField(required=False)
     push = PushSerializer(required=False)
+    deliver_at = DeliverAtField(required=False)
+    delay = StrictIntegerField(required=False, min_value=1)
+    digest = DigestSerializer(required=False)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        later = _later(attrs)
+        if later is not None:
+            attrs["later"] = later
         targets: list[str] = []
         if "channel" in attrs:
             targets.append(attrs["channel"])
@@ -142,6 +190,28 @@ class NotifyRequestSerializer(StrictObjectSerializer):
             raise serializers.ValidationError(f"at most {limit} target channels per event")
         attrs["targets"] = Targets(targets)
         return attrs
+
+
+def _later(attrs: dict[str, Any]) -> Later | None:
+    """When the event goes out, if not now: `deliver_at`, `delay` or `digest` (one of them)."""
+    given = [name for name in ("deliver_at", "delay", "digest") if name in attrs]
+    if len(given) > 1:
+        raise serializers.ValidationError(f"give one of deliver_at, delay and digest, not {' and '.join(given)}")
+    if "digest" in attrs:
+        return Later(digest=attrs["digest"])
+    now = timezone.now()
+    if "delay" in attrs:
+        deliver_at = now + timedelta(seconds=attrs["delay"])
+    elif "deliver_at" in attrs:
+        deliver_at = attrs["deliver_at"]
+    else:
+        return None
+    days = notifier_settings.MAX_SCHEDULE_DAYS
+    if deliver_at <= now:
+        raise serializers.ValidationError({"deliver_at": ["is in the past"]})
+    if deliver_at > now + timedelta(days=days):
+        raise serializers.ValidationError({given[0]: [f"is more than {days} days ahead (NOTIFIER_MAX_SCHEDULE_DAYS)"]})
+    return Later(deliver_at=deliver_at)
 
 
 def publish_request(attrs: dict[str, Any], publisher: str) -> PublishRequest:

@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
-from asgiref.sync import sync_to_async
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError
 from redis.exceptions import RedisError
 
 from . import metrics, rosters, webhooks
+from .bridge import in_thread
 from .conf import notifier_settings
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 CHANNEL_TYPES = frozenset({"channel.occupied", "channel.vacated"})
 
 _pending: set[asyncio.Task[Any]] = set()  # checks and webhooks under way (kept from the GC)
@@ -76,19 +75,6 @@ async def _emit(type: str, data: dict[str, str]) -> None:  # noqa: A002 - the we
         await in_thread(webhooks.emit, type, data)
     except DatabaseError as exc:
         logger.warning("%s webhook not queued: %s", type, exc)
-
-
-async def in_thread(func: Callable[..., T], *args: Any) -> T:
-    """Database work from the event loop, in a worker thread with fresh connections."""
-
-    def run() -> T:
-        close_old_connections()
-        try:
-            return func(*args)
-        finally:
-            close_old_connections()
-
-    return await sync_to_async(run, thread_sensitive=False)()
 
 
 class Occupancy:

@@ -187,6 +187,7 @@ async def apublish(
     inbox: bool = False,
     category: str | None = None,
     push: webpush.PushSpec | None = None,
+    event_id: str | None = None,
 ) -> PublishResult:
     """Store and send one event to each channel; raises PublishError, never half-acknowledges.
 
@@ -194,9 +195,10 @@ async def apublish(
     first answer and publishes nothing. With `inbox`, each targeted user (`user:<id>`) also gets
     the event stored as a notification (in `category`), committed before the event is sent.
     With `push`, their browsers get a Web Push (realtime/push.py), queued once it is stored.
+    `event_id` is the id of an event answered before it was published (realtime/scheduling.py).
     """
     started = time.perf_counter()
-    prepared = _prepare(channels, event, data, sender, publisher, inbox, category, push)
+    prepared = _prepare(channels, event, data, sender, publisher, inbox, category, push, event_id)
     if idempotency_key is None:
         (result,) = await _store_and_send([prepared])
         _count_publish(publisher, started)
@@ -268,13 +270,14 @@ def _prepare(
     to_inbox: bool = False,
     category: str | None = None,
     push_spec: webpush.PushSpec | None = None,
+    event_id: str | None = None,
 ) -> _Prepared:
     """Validate one event and build its history entries (its id, and one frame per channel)
     and, for the inbox, one row per targeted user; and, for a push, who it goes to."""
     targets = check_channels(channels)
     check_event_name(event, publisher)
     data_json = encode_data(data)
-    event_id, ts = new_event_id(), now()
+    event_id, ts = event_id or new_event_id(), now()
     items = [_append_item(ch, event_template(ch, event_id, event, data_json, ts, sender)) for ch in targets]
     rows: list[inbox.Row] = []
     if to_inbox:
@@ -329,6 +332,7 @@ class PublishRequest(NamedTuple):
     inbox: bool = False
     category: str | None = None
     push: webpush.PushSpec | None = None
+    event_id: str | None = None
 
     def options(self) -> dict[str, Any]:
         """`apublish`'s (and `publish`'s) keyword arguments."""
@@ -339,7 +343,15 @@ class PublishRequest(NamedTuple):
             "inbox": self.inbox,
             "category": self.category,
             "push": self.push,
+            "event_id": self.event_id,
         }
+
+    def check(self) -> None:
+        """Refuse it as `apublish` would (PublishError), publishing nothing: for an event
+        published later, so that it is refused now."""
+        _prepare(
+            self.channels, self.event, self.data, self.sender, self.publisher, self.inbox, self.category, self.push
+        )
 
 
 async def apublish_many(requests: Sequence[PublishRequest]) -> list[PublishResult | PublishError]:
@@ -388,6 +400,7 @@ async def apublish_many(requests: Sequence[PublishRequest]) -> list[PublishResul
                 request.inbox,
                 request.category,
                 request.push,
+                request.event_id,
             )
         except PublishError as exc:
             answers[index] = exc
@@ -561,6 +574,7 @@ def publish(
     inbox: bool = False,
     category: str | None = None,
     push: webpush.PushSpec | None = None,
+    event_id: str | None = None,
 ) -> PublishResult:
     """Sync `apublish` for views, tasks and scripts."""
     return run_sync(
@@ -574,4 +588,5 @@ def publish(
         inbox=inbox,
         category=category,
         push=push,
+        event_id=event_id,
     )

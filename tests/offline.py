@@ -128,6 +128,7 @@ def stack(redis_server: RedisServer, service_db: str, workdir: Path) -> Iterator
         NOTIFIER_OUTBOUND_ALLOW_PRIVATE="1",
         NOTIFIER_SWEEP_SECS="1",
         NOTIFIER_PRESENCE_DEBOUNCE_SECS="1",
+        NOTIFIER_DISPATCH_LEASE_SECS="3",  # a killed dispatcher's rows are taken again soon
         NOTIFIER_SERVE_STATIC="1",  # the demo page and /static/notifier-sw.js, for Chromium
     )
     service, service_url = helper("push-service", "tests.push_service", env, workdir)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from realtime import background, online, webhooks
+from realtime.bridge import in_thread
 from realtime.models import WebhookDelivery, WebhookEndpoint
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -23,7 +24,7 @@ async def settled(occupancy: online.Occupancy) -> list[tuple[str, Any]]:
     await asyncio.wait_for(occupancy._ops.join(), 5)
     await asyncio.sleep(0.3)  # past the debounce; the webhooks are written in a thread
     await asyncio.gather(*online._pending)
-    return await online.in_thread(told)
+    return await in_thread(told)
 
 
 async def test_channels_held_before_an_endpoint_wanted_them_are_counted_at_the_refresh(
@@ -37,7 +38,7 @@ async def test_channels_held_before_an_endpoint_wanted_them_are_counted_at_the_r
     try:
         occupancy.joined("early")
         assert await settled(occupancy) == []  # nobody wants channel.*: not counted
-        await online.in_thread(
+        await in_thread(
             lambda: WebhookEndpoint.objects.create(
                 url="https://hooks.example.com/x", events=["channel.occupied", "channel.vacated"], secret="whsec_x"
             )

@@ -10,7 +10,7 @@ import requests
 from celery import Task, shared_task
 from rest_framework.exceptions import ValidationError
 
-from realtime import background, outbound, rosters, webhooks
+from realtime import background, outbound, rosters, scheduling, webhooks
 from realtime import push as webpush
 from realtime.bridge import run_sync
 from realtime.conf import notifier_settings
@@ -44,6 +44,8 @@ def notify(self: Task, **body: Any) -> dict[str, Any]:
         raise InvalidNotification(str(exc.detail)) from None
     request = publish_request(attrs, CELERY_PUBLISHER)  # all tasks count as one publisher (DESIGN §4)
     try:
+        if "later" in attrs:
+            return scheduling.hold(request, attrs["later"])
         return publish(request.channels, request.event, request.data, **request.options()).as_dict()
     except NotReplicated as exc:
         # Stored and delivered; too few replicas acknowledged it in time. With its idempotency
@@ -124,3 +126,11 @@ def sweep() -> int:
     for channel in run_sync(rosters.channel_processes().gone, 1000):  # so did every subscriber's
         webhooks.emit("channel.vacated", {"channel": channel})
     return len(pushes) + len(hooks)
+
+
+@shared_task(name="notifier.dispatch")
+def dispatch() -> int:
+    """Publish the scheduled events and digests that are due (realtime/scheduling.py); Celery
+    beat queues this every NOTIFIER_DISPATCH_SECS (CELERY_BEAT_SCHEDULE). Several at once take
+    different rows."""
+    return scheduling.dispatch()
