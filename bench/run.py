@@ -58,6 +58,7 @@ SCENARIOS = [
     "layers",
     "inbox",
     "push",
+    "scheduling",
 ]
 
 TARGETS = {
@@ -448,6 +449,12 @@ class Bench:
         from bench import push
 
         push.run(self, Row, fmt)
+
+    def scheduling(self) -> None:
+        """Scheduled events: dispatch lag at a steady rate, and a backlog's drain (bench/scheduling.py)."""
+        from bench import scheduling
+
+        scheduling.run(self, Row, fmt)
 
     def publish(self) -> None:
         """POST /api/notify and /api/notify/batch against one process, with 2 subscribers checking."""

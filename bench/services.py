@@ -261,12 +261,15 @@ class Server(Process):
 
 
 class Worker(Process):
-    def __init__(self, env: dict[str, str], workdir: Path, concurrency: int | None = None) -> None:
+    def __init__(self, env: dict[str, str], workdir: Path, concurrency: int | None = None, beat: bool = False) -> None:
         argv = [str(BIN / "celery"), "-A", "notifier", "worker", "--loglevel", "WARNING"]
         argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         if concurrency:
             argv += ["--concurrency", str(concurrency)]
-        super().__init__("celery", argv, env, workdir / f"celery-{free_port()}.log")
+        log = workdir / f"celery-{free_port()}.log"
+        if beat:
+            argv += ["--beat", "--schedule", str(log.with_suffix(".schedule"))]
+        super().__init__("celery", argv, env, log)
 
 
 def post_json(url: str, body: Any, key: str) -> tuple[int, Any]:

@@ -56,6 +56,24 @@ async def test_the_readme_flow_on_the_embedded_server(service_db: str, workdir: 
         server.stop()
 
 
+async def test_the_embedded_server_publishes_scheduled_events_itself(
+    service_db: str, workdir: Path, api_key: str
+) -> None:
+    """`make run` has no Celery beat: its server process dispatches what is due."""
+    server = Server(service_env(None, service_db), workdir)
+    try:
+        channel = channel_name()
+        client = await Client.connect(server.ws)
+        await client.subscribe(channel)
+        answer = notify(server, api_key, {"channel": channel, "event": "later", "delay": 1})
+        assert answer["scheduled"] is True
+        (event,) = await client.events(1, timeout=10)
+        assert (event["id"], event["event"]) == (answer["id"], "later")
+        await client.close()
+    finally:
+        server.stop()
+
+
 async def test_publish_through_either_process_reaches_subscribers_on_both(
     servers: tuple[Server, Server], api_key: str
 ) -> None:
