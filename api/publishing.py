@@ -84,15 +84,22 @@ async def notify_batch(key: ApiKey, publisher: str, body: Any) -> dict[str, Any]
         events = batch.validated_data["events"]
     results: list[dict[str, Any]] = []
     requests: list[tuple[int, PublishRequest]] = []
+    held: list[tuple[int, PublishRequest, scheduling.Later]] = []
     for index, event in enumerate(events):
         try:
             request, later = _request(key, publisher, event)
-            results.append(await scheduling.ahold(request, later) if later is not None else {})
         except (exceptions.APIException, PublishError) as exc:
             results.append(batch_error(exc))
             continue
+        results.append({})
         if later is None:
             requests.append((index, request))
+        else:
+            held.append((index, request, later))
+    if held:
+        kept = await scheduling.ahold_many([(request, later) for _, request, later in held])
+        for (index, _, _), answer in zip(held, kept, strict=True):
+            results[index] = batch_error(answer) if isinstance(answer, PublishError) else answer
     answers = await apublish_many([request for _, request in requests])
     for (index, _), published in zip(requests, answers, strict=True):
         results[index] = published.as_dict() if isinstance(published, PublishResult) else batch_error(published)

@@ -43,6 +43,15 @@ class IdempotencyStore(Protocol):
 
     async def release(self, key: str) -> None: ...
 
+    async def claim_many(self, keys: list[str]) -> list[str | None]:
+        """`claim` for each key, in one round trip: None for the keys now ours, else the value
+        (the answer, or PENDING, also for a claim that expired meanwhile: claim it alone)."""
+        ...
+
+    async def complete_many(self, answers: list[tuple[str, str]], window_secs: int) -> None: ...
+
+    async def release_many(self, keys: list[str]) -> None: ...
+
 
 def store_key(publisher: str, idempotency_key: str) -> str:
     digest = hashlib.sha256(f"{publisher}\0{idempotency_key}".encode()).hexdigest()
@@ -66,6 +75,30 @@ class RedisIdempotencyStore:
     async def release(self, key: str) -> None:
         await get_redis().delete(key)
 
+    async def claim_many(self, keys: list[str]) -> list[str | None]:
+        redis = get_redis()
+        async with redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.set(key, PENDING, nx=True, ex=CLAIM_TTL_SECS)
+            won = await pipe.execute()
+        taken = [key for key, ours in zip(keys, won, strict=True) if not ours]
+        values = dict(zip(taken, await redis.mget(taken), strict=True)) if taken else {}
+        found: list[str | None] = []
+        for key, ours in zip(keys, won, strict=True):
+            value = values.get(key)
+            found.append(None if ours else (value.decode() if isinstance(value, bytes) else value or PENDING))
+        return found
+
+    async def complete_many(self, answers: list[tuple[str, str]], window_secs: int) -> None:
+        async with get_redis().pipeline(transaction=False) as pipe:
+            for key, answer in answers:
+                pipe.set(key, answer, ex=window_secs)
+            await pipe.execute()
+
+    async def release_many(self, keys: list[str]) -> None:
+        if keys:
+            await get_redis().delete(*keys)
+
 
 class MemoryIdempotencyStore:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -84,6 +117,17 @@ class MemoryIdempotencyStore:
 
     async def release(self, key: str) -> None:
         self._entries.pop(key, None)
+
+    async def claim_many(self, keys: list[str]) -> list[str | None]:
+        return [await self.claim(key) for key in keys]
+
+    async def complete_many(self, answers: list[tuple[str, str]], window_secs: int) -> None:
+        for key, answer in answers:
+            await self.complete(key, answer, window_secs)
+
+    async def release_many(self, keys: list[str]) -> None:
+        for key in keys:
+            await self.release(key)
 
 
 _memory_store = MemoryIdempotencyStore()

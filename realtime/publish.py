@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -357,38 +358,16 @@ class PublishRequest(NamedTuple):
 async def apublish_many(requests: Sequence[PublishRequest]) -> list[PublishResult | PublishError]:
     """Publish several events, each with `apublish`'s semantics, in request order.
 
-    Consecutive events without an idempotency key are stored in one history round trip and
-    sent in one pipelined round trip, so their offsets follow the request order; an event with
-    a key goes through `apublish` on its own (claim, publish, record). Each entry of the answer
-    is the event's result or its own PublishError (a refusal, or Unavailable when Redis failed).
+    Events are stored in one history round trip and sent in one pipelined round trip, so
+    their offsets follow the request order. The idempotency keys among them are claimed in one
+    round trip before and recorded in one after; an event whose key was answered already gets
+    that answer, one whose key another publish holds waits for it as `apublish` does. Each
+    entry of the answer is the event's result or its own PublishError (a refusal, or
+    Unavailable when Redis failed).
     """
     answers: list[PublishResult | PublishError | None] = [None] * len(requests)
     run: list[tuple[int, _Prepared, float]] = []  # (index, event, started)
-
-    async def flush() -> None:
-        if not run:
-            return
-        stored: list[PublishResult] = []
-        try:
-            results = await _store_and_send([prepared for _, prepared, _ in run], stored)
-        except Unavailable as exc:
-            kind = NotReplicated if isinstance(exc, NotReplicated) else StoredNotSent
-            for n, (index, *_) in enumerate(run):
-                answers[index] = kind(stored[n]) if stored else exc
-        else:
-            for (index, _, started), result in zip(run, results, strict=True):
-                answers[index] = result
-                _count_publish(requests[index].publisher, started)
-        run.clear()
-
     for index, request in enumerate(requests):
-        if request.idempotency_key is not None:
-            await flush()
-            try:
-                answers[index] = await apublish(request.channels, request.event, request.data, **request.options())
-            except PublishError as exc:
-                answers[index] = exc
-            continue
         started = time.perf_counter()
         try:
             prepared = _prepare(
@@ -406,9 +385,102 @@ async def apublish_many(requests: Sequence[PublishRequest]) -> list[PublishResul
             answers[index] = exc
             continue
         run.append((index, prepared, started))
-    await flush()
+    waiting = await _claim_keys(requests, run, answers) if any(r.idempotency_key for r in requests) else []
+    if run:
+        await _publish_run(requests, run, answers)
+    for index in waiting:  # another publish held the key: its answer, once it has one
+        request = requests[index]
+        try:
+            answers[index] = await apublish(request.channels, request.event, request.data, **request.options())
+        except PublishError as exc:
+            answers[index] = exc
     assert all(answer is not None for answer in answers)
     return answers  # type: ignore[return-value]
+
+
+def _key_of(request: PublishRequest) -> str | None:
+    if request.idempotency_key is None:
+        return None
+    return idempotency.store_key(request.publisher, request.idempotency_key)
+
+
+async def _claim_keys(
+    requests: Sequence[PublishRequest],
+    run: list[tuple[int, _Prepared, float]],
+    answers: list[PublishResult | PublishError | None],
+) -> list[int]:
+    """Claim the run's idempotency keys in one round trip, keeping in `run` the events to
+    publish: those without a key and those whose key is now ours. Answered keys get their
+    answer; the indexes of the keys another publish holds are returned, to wait for after."""
+    keyed = [(n, key) for n, (index, _, _) in enumerate(run) if (key := _key_of(requests[index])) is not None]
+    store, waiting, dropped = idempotency.get_store(), [], set()
+    try:
+        values = await store.claim_many([key for _, key in keyed])
+    except (RedisError, OSError) as exc:
+        logger.warning("idempotency keys not claimed: %s", exc)
+        for n, _ in keyed:
+            answers[run[n][0]] = Unavailable("Redis is unavailable; the event was not published")
+        values, dropped = [], {n for n, _ in keyed}
+    for (n, key), value in zip(keyed, values, strict=False):
+        index = run[n][0]
+        if value is None:
+            continue
+        dropped.add(n)
+        if value == idempotency.PENDING:
+            waiting.append(index)
+            continue
+        try:
+            answers[index] = await _answer_again(store, key, json.loads(value))
+        except PublishError as exc:
+            answers[index] = exc
+    run[:] = [entry for n, entry in enumerate(run) if n not in dropped]
+    return waiting
+
+
+async def _publish_run(
+    requests: Sequence[PublishRequest],
+    run: list[tuple[int, _Prepared, float]],
+    answers: list[PublishResult | PublishError | None],
+) -> None:
+    """Store and send the run's events, and record the answers of those with a key (stored
+    ones even when the send failed: a retry must get their answer, not publish again)."""
+    store = idempotency.get_store()
+    keys = [_key_of(requests[index]) for index, _, _ in run]
+    stored: list[PublishResult] = []
+    try:
+        results = await _store_and_send([prepared for _, prepared, _ in run], stored)
+    except BaseException as exc:
+        if stored:  # with replica acks, only a completed publish is known to be replicated
+            await _record_many(store, keys, stored, replicated=not Replicas.required().count)
+        else:
+            with contextlib.suppress(RedisError, OSError):
+                await store.release_many([key for key in keys if key is not None])
+        if not isinstance(exc, Unavailable):
+            raise
+        kind = NotReplicated if isinstance(exc, NotReplicated) else StoredNotSent
+        for n, (index, *_) in enumerate(run):
+            answers[index] = kind(stored[n]) if stored else exc
+        return
+    await _record_many(store, keys, results)
+    for (index, _, started), result in zip(run, results, strict=True):
+        answers[index] = result
+        _count_publish(requests[index].publisher, started)
+
+
+async def _record_many(
+    store: idempotency.IdempotencyStore, keys: list[str | None], results: list[PublishResult], replicated: bool = True
+) -> None:
+    recorded = []
+    for key, result in zip(keys, results, strict=True):
+        if key is not None:
+            answer = result.as_dict() if replicated else {**result.as_dict(), "replicated": False}
+            recorded.append((key, dumps(answer)))
+    if not recorded:
+        return
+    try:
+        await store.complete_many(recorded, notifier_settings.IDEMPOTENCY_WINDOW_SECS)
+    except (RedisError, OSError) as exc:  # the claims lapse after CLAIM_TTL_SECS; retries then may publish again
+        logger.warning("could not record idempotency keys: %s", exc)
 
 
 async def _store_and_send(

@@ -77,12 +77,38 @@ def rfc3339(moment: datetime | None) -> str | None:
 async def ahold(request: PublishRequest, later: Later) -> dict[str, Any]:
     """Keep `request` for later, refusing now what its publish would refuse (PublishError);
     the 202 answer. An idempotency key makes a retry answer the first one's answer."""
-    request.check()
-    if later.digest is None:
-        assert later.deliver_at is not None
-        return await in_thread(_schedule, request, later.deliver_at)
+    (answer,) = await ahold_many([(request, later)])
+    if isinstance(answer, PublishError):
+        raise answer
+    return answer
+
+
+async def ahold_many(held: list[tuple[PublishRequest, Later]]) -> list[dict[str, Any] | PublishError]:
+    """`ahold` for each, in order, each answer or its own PublishError; the scheduled ones
+    written in one transaction (a batch's), the digested ones one by one."""
+    answers: list[dict[str, Any] | PublishError | None] = [None] * len(held)
+    scheduled: list[tuple[int, PublishRequest, datetime]] = []
+    for index, (request, later) in enumerate(held):
+        try:
+            request.check()
+            if later.digest is not None:
+                answers[index] = await _digest(request, later.digest)
+            else:
+                assert later.deliver_at is not None
+                scheduled.append((index, request, later.deliver_at))
+        except PublishError as exc:
+            answers[index] = exc
+    if scheduled:
+        rows = await in_thread(_schedule, [(request, deliver_at) for _, request, deliver_at in scheduled])
+        for (index, _, _), row in zip(scheduled, rows, strict=True):
+            answers[index] = {"id": row.event_id, "scheduled": True, "deliver_at": rfc3339(row.deliver_at)}
+    assert all(answer is not None for answer in answers)
+    return answers  # type: ignore[return-value]
+
+
+async def _digest(request: PublishRequest, digest: Digest) -> dict[str, Any]:
     if request.idempotency_key is None:
-        return await in_thread(_collect, request, later.digest)
+        return await in_thread(_collect, request, digest)
     # A digest has one row for many publishes: the key is kept where publishes keep theirs.
     store, key = idempotency.get_store(), idempotency.store_key(request.publisher, request.idempotency_key)
     try:
@@ -94,7 +120,7 @@ async def ahold(request: PublishRequest, later: Later) -> dict[str, Any]:
     if claimed.answer is not None:
         return claimed.answer
     try:
-        answer = await in_thread(_collect, request, later.digest)
+        answer = await in_thread(_collect, request, digest)
     except BaseException:
         with contextlib.suppress(RedisError, OSError):
             await store.release(key)
@@ -114,26 +140,33 @@ def _options(request: PublishRequest) -> dict[str, Any]:
     return {"sender": request.sender, "inbox": request.inbox, "category": request.category, "push": push}
 
 
-def _schedule(request: PublishRequest, deliver_at: datetime) -> dict[str, Any]:
-    row = ScheduledEvent(
-        event_id=new_event_id(),
-        publisher=request.publisher,
-        idempotency_key=request.idempotency_key or "",
-        channels=list(request.channels),
-        event=request.event,
-        data=request.data,
-        options=_options(request),
-        deliver_at=deliver_at,
-        next_attempt_at=deliver_at,
-    )
-    try:
-        with transaction.atomic():
-            row.save()
-    except IntegrityError:
-        if not request.idempotency_key:
-            raise
-        row = ScheduledEvent.objects.get(publisher=request.publisher, idempotency_key=request.idempotency_key)
-    return {"id": row.event_id, "scheduled": True, "deliver_at": rfc3339(row.deliver_at)}
+def _schedule(held: list[tuple[PublishRequest, datetime]]) -> list[ScheduledEvent]:
+    """Write the rows: those without an idempotency key in one statement; one with a key that
+    names a row already is answered with that row."""
+    rows = [
+        ScheduledEvent(
+            event_id=new_event_id(),
+            publisher=request.publisher,
+            idempotency_key=request.idempotency_key or "",
+            channels=list(request.channels),
+            event=request.event,
+            data=request.data,
+            options=_options(request),
+            deliver_at=deliver_at,
+            next_attempt_at=deliver_at,
+        )
+        for request, deliver_at in held
+    ]
+    with transaction.atomic():
+        ScheduledEvent.objects.bulk_create([row for row in rows if not row.idempotency_key])
+    for n, row in enumerate(rows):
+        if row.idempotency_key:
+            try:
+                with transaction.atomic():
+                    row.save()
+            except IntegrityError:
+                rows[n] = ScheduledEvent.objects.get(publisher=row.publisher, idempotency_key=row.idempotency_key)
+    return rows
 
 
 def _collect(request: PublishRequest, digest: Digest) -> dict[str, Any]:

@@ -166,3 +166,36 @@ async def test_with_replica_acks_a_publish_no_replica_confirmed_is_never_answere
     assert await offsets(channel) == [1, 2]  # no retry stored a second copy
     (batch,) = await apublish_many([PublishRequest([channel], "e", 4)])
     assert isinstance(batch, NotReplicated)
+
+
+async def test_a_batch_claims_and_records_its_keys_together_and_publishes_each_once(mode: str) -> None:
+    channel = f"idem.{uuid.uuid4().hex[:8]}"
+    before = await apublish([channel], "e", "before", idempotency_key="old", publisher="p")
+    keys = ["a", None, "old", "a", "b", None]
+    requests = [PublishRequest([channel], "e", n, idempotency_key=k, publisher="p") for n, k in enumerate(keys)]
+    answers = await apublish_many(requests)
+    assert answers[2] == before  # answered again, not published
+    assert answers[3] == answers[0]  # the same key twice in one batch: one event
+    assert len({a.id for a in answers}) == 5  # type: ignore[union-attr]
+    assert await offsets(channel) == [1, 2, 3, 4, 5]  # before, a, None, b, None
+    retried = await apublish_many(requests)
+    keyed = [n for n, key in enumerate(keys) if key]
+    assert [retried[n] for n in keyed] == [answers[n] for n in keyed]
+    assert await offsets(channel) == [1, 2, 3, 4, 5, 6, 7]  # only the two without a key again
+
+
+async def test_a_batch_whose_store_failed_releases_its_keys(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import realtime.publish as publish_module
+
+    async def down(*args: Any) -> None:
+        raise RedisConnectionError("down")
+
+    channel = f"idem.{uuid.uuid4().hex[:8]}"
+    history = get_history()
+    monkeypatch.setattr(type(history), "append", down)
+    requests = [PublishRequest([channel], "e", n, idempotency_key=f"k{n}", publisher="p") for n in range(3)]
+    assert all(isinstance(a, Unavailable) for a in await publish_module.apublish_many(requests))
+    monkeypatch.undo()
+    answers = await apublish_many(requests)  # nothing was stored: the retry publishes
+    assert all(not isinstance(a, Exception) for a in answers)
+    assert await offsets(channel) == [1, 2, 3]
