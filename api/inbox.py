@@ -133,18 +133,25 @@ class ForUser:
         return str(user)
 
 
-class ListQuery(serializers.Serializer):
-    status = serializers.ChoiceField(choices=inbox.STATUSES, required=False)
-    category = CategoryField(required=False)
-    limit = serializers.IntegerField(min_value=1, max_value=inbox.MAX_PAGE, default=20)
-    cursor = serializers.CharField(required=False, max_length=64, trim_whitespace=False)
+class CursorField(serializers.CharField):
+    """A page's `next`, as a later request gives it back: the row id it stands for."""
 
-    def validate_cursor(self, cursor: str) -> int:
-        """The row id the cursor stands for."""
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(max_length=64, trim_whitespace=False, **kwargs)
+
+    def run_validation(self, data: Any = serializers.empty) -> Any:
+        cursor = super().run_validation(data)  # a string within max_length
         try:
             return inbox.decode_cursor(cursor)
         except inbox.BadCursor as exc:
             raise serializers.ValidationError(str(exc)) from None
+
+
+class ListQuery(serializers.Serializer):
+    status = serializers.ChoiceField(choices=inbox.STATUSES, required=False)
+    category = CategoryField(required=False)
+    limit = serializers.IntegerField(min_value=1, max_value=inbox.MAX_PAGE, default=20)
+    cursor = CursorField(required=False)
 
 
 class MarkRequest(serializers.Serializer):

@@ -16,6 +16,7 @@ from realtime.models import ScheduledEvent
 from realtime.notify import ChannelField, UserIdField
 
 from .authentication import Publisher
+from .inbox import CursorField
 from .models import ApiKey
 from .views import ERRORS, KeyScopedView
 
@@ -26,13 +27,7 @@ class ListQuery(serializers.Serializer):
     channel = ChannelField(required=False)
     user = UserIdField(required=False)
     limit = serializers.IntegerField(min_value=1, max_value=MAX_PAGE, default=50)
-    cursor = serializers.CharField(required=False, max_length=64, trim_whitespace=False)
-
-    def validate_cursor(self, cursor: str) -> int:
-        try:
-            return inbox.decode_cursor(cursor)
-        except inbox.BadCursor as exc:
-            raise serializers.ValidationError(str(exc)) from None
+    cursor = CursorField(required=False)
 
 
 def _key(request: Request) -> ApiKey:

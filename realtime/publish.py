@@ -204,13 +204,7 @@ async def apublish(
         (result,) = await _store_and_send([prepared])
         _count_publish(publisher, started)
         return result
-    store, key = idempotency.get_store(), idempotency.store_key(publisher, idempotency_key)
-    try:
-        claimed = await idempotency.claim(store, key)
-    except idempotency.StillPending:
-        raise Unavailable("a publish with this idempotency key is still in progress; retry") from None
-    except (RedisError, OSError) as exc:
-        raise Unavailable("Redis is unavailable; the event was not published") from exc
+    store, key, claimed = await claim_key(publisher, idempotency_key)
     if claimed.answer is not None:
         return await _answer_again(store, key, claimed.answer)
     stored: list[PublishResult] = []
@@ -228,6 +222,20 @@ async def apublish(
     await _record(store, key, result)
     _count_publish(publisher, started)
     return result
+
+
+async def claim_key(
+    publisher: str, idempotency_key: str
+) -> tuple[idempotency.IdempotencyStore, str, idempotency.Claim]:
+    """Claim the publisher's key (or wait for the answer of the publish that holds it); the
+    store, the key's name in it and the claim. Raises Unavailable when it cannot be claimed."""
+    store, key = idempotency.get_store(), idempotency.store_key(publisher, idempotency_key)
+    try:
+        return store, key, await idempotency.claim(store, key)
+    except idempotency.StillPending:
+        raise Unavailable("a publish with this idempotency key is still in progress; retry") from None
+    except (RedisError, OSError) as exc:
+        raise Unavailable("Redis is unavailable; the event was not published") from exc
 
 
 async def _answer_again(store: idempotency.IdempotencyStore, key: str, answer: dict[str, Any]) -> PublishResult:

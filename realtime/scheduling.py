@@ -26,7 +26,6 @@ from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from . import idempotency
 from .bridge import in_thread, run_sync
 from .conf import notifier_settings
 from .events import dumps, new_event_id
@@ -39,6 +38,7 @@ from .publish import (
     StoredNotSent,
     Unavailable,
     apublish_many,
+    claim_key,
 )
 from .push import PushSpec
 
@@ -110,13 +110,7 @@ async def _digest(request: PublishRequest, digest: Digest) -> dict[str, Any]:
     if request.idempotency_key is None:
         return await in_thread(_collect, request, digest)
     # A digest has one row for many publishes: the key is kept where publishes keep theirs.
-    store, key = idempotency.get_store(), idempotency.store_key(request.publisher, request.idempotency_key)
-    try:
-        claimed = await idempotency.claim(store, key)
-    except idempotency.StillPending:
-        raise Unavailable("a publish with this idempotency key is still in progress; retry") from None
-    except (RedisError, OSError) as exc:
-        raise Unavailable("Redis is unavailable; the event was not published") from exc
+    store, key, claimed = await claim_key(request.publisher, request.idempotency_key)
     if claimed.answer is not None:
         return claimed.answer
     try:

@@ -96,6 +96,11 @@ async def test_a_cancelled_event_is_never_delivered(stack: Stack, api_key: str) 
     status, listed = call("GET", f"{stack.server.http}/api/scheduled?user={user}", api_key)
     assert status == 200 and [s["id"] for s in listed["scheduled"]] == [kept["id"], dropped["id"]]
     assert listed["scheduled"][0]["targets"] == [f"user:{user}"] and listed["scheduled"][0]["event"] == "kept"
+    first = call("GET", f"{stack.server.http}/api/scheduled?user={user}&limit=1", api_key)[1]
+    rest = call("GET", f"{stack.server.http}/api/scheduled?user={user}&limit=1&cursor={first['next']}", api_key)[1]
+    assert [s["id"] for s in first["scheduled"] + rest["scheduled"]] == [kept["id"], dropped["id"]]
+    status, refused = call("GET", f"{stack.server.http}/api/scheduled?cursor=nonsense", api_key)
+    assert status == 400 and refused["code"] == "invalid"
     assert call("DELETE", f"{stack.server.http}/api/scheduled/{dropped['id']}", api_key) == (204, None)
     assert call("DELETE", f"{stack.server.http}/api/scheduled/{dropped['id']}", api_key)[0] == 404
     frames = await received(client, 4)

@@ -150,21 +150,6 @@ async def test_presence_online_and_offline_once_and_a_reload_is_neither(stack: S
     assert [h["body"]["type"] for h in about(stack, name, 2, user=user)] == ["presence.online", "presence.offline"]
 
 
-async def test_a_user_whose_server_died_goes_offline_through_the_sweep(stack: Stack, hooks_key: str) -> None:
-    name, _ = endpoint(stack, hooks_key, ["presence.offline"])
-    user = fresh_user()
-    doomed = Server({**stack.env, "NOTIFIER_PRESENCE_TTL_SECS": "2"}, stack.workdir)
-    try:
-        tab = await Client.connect(f"{doomed.ws}?token={token(user)}")
-        await tab.subscribe(f"user:{user}")
-        doomed.signal(signal.SIGKILL)
-        doomed.proc.wait()
-        (offline,) = about(stack, name, 1, timeout=30, user=user)
-        assert offline["verified"] and offline["body"]["type"] == "presence.offline"
-    finally:
-        doomed.stop()
-
-
 def types(hooks: list[dict[str, Any]]) -> list[str]:
     assert all(h["verified"] for h in hooks)
     return [h["body"]["type"] for h in hooks]
@@ -197,17 +182,19 @@ async def test_channel_occupied_and_vacated_once_across_processes(stack: Stack, 
         other.stop()
 
 
-async def test_a_channel_whose_only_process_died_is_vacated_through_the_sweep(stack: Stack, hooks_key: str) -> None:
-    name, _ = endpoint(stack, hooks_key, ["channel.vacated"])
+async def test_users_and_channels_whose_only_server_died_go_offline_and_vacated_through_the_sweep(
+    stack: Stack, hooks_key: str
+) -> None:
+    name, _ = endpoint(stack, hooks_key, ["presence.offline", "channel.vacated"])
     user = fresh_user()
     doomed = Server({**stack.env, "NOTIFIER_PRESENCE_TTL_SECS": "2"}, stack.workdir)
     try:
         tab = await Client.connect(f"{doomed.ws}?token={token(user)}")
         await tab.subscribe(f"user:{user}")
-        await asyncio.sleep(1)  # counted off the subscribe path
+        await asyncio.sleep(1)  # the channel is counted off the subscribe path
         doomed.signal(signal.SIGKILL)
         doomed.proc.wait()
-        (vacated,) = about(stack, name, 1, timeout=30, channel=f"user:{user}")
-        assert types([vacated]) == ["channel.vacated"]
+        assert types(about(stack, name, 1, timeout=30, user=user)) == ["presence.offline"]
+        assert types(about(stack, name, 1, timeout=30, channel=f"user:{user}")) == ["channel.vacated"]
     finally:
         doomed.stop()
