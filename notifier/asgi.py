@@ -26,7 +26,7 @@ from realtime.routing import websocket_urlpatterns  # noqa: E402
 from realtime.session import SessionAuthMiddleware  # noqa: E402
 from realtime.sse import ServerSentEventsApp  # noqa: E402
 
-if notifier_settings.embedded:  # no Celery beat: this process publishes scheduled events itself
+if notifier_settings.embedded and notifier_settings.DISPATCH_IN_SERVER:  # no beat: this process publishes them
     scheduling.start_local_dispatcher()
 
 django_app = ASGIStaticFilesHandler(django_http) if settings.SERVE_STATIC else django_http

@@ -79,6 +79,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_SCHEDULE_DAYS": 30,
     "DISPATCH_SECS": 0.5,
     "DISPATCH_LEASE_SECS": 30,
+    # The embedded mode has no Celery beat: its server process dispatches (off: nothing does).
+    "DISPATCH_IN_SERVER": True,
     # Namespace (the part of a channel name before ":") -> policy overrides; see
     # realtime.channels.NamespacePolicy. "" is the namespace of names without ":".
     # NOTIFIER_NAMESPACES: JSON {"namespace": {"public": bool, "client_publish": bool, ...}}.

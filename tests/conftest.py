@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 
 from .offline import stack  # noqa: F401 - a fixture: the Web Push and webhook stack
 from .support import (
@@ -19,12 +20,16 @@ from .support import (
 )
 from .wsclient import Client
 
+# This process drives the ASGI app in process (communicators) but is no server: importing
+# notifier.asgi must not start a dispatcher publishing the tests' scheduled rows behind their
+# backs. The server processes the tests start dispatch as `make run` does.
+settings.NOTIFIER["DISPATCH_IN_SERVER"] = False
+
 
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
     """pytest-django's test database is a PostgreSQL one this run creates (and drops), never
     SQLite: state that outlives a connection lives in PostgreSQL in production."""
-    from django.conf import settings
     from django.db import connections
 
     settings.DATABASES["default"] = postgres_database_settings(f"notifier_{os.getpid()}")

@@ -234,3 +234,35 @@ def test_push_subscriptions_and_their_recent_attempts_are_shown_read_only(staff:
     attempts = staff.get("/admin/realtime/pushdelivery/?status=failed")
     assert attempts.status_code == 200 and "e" * 32 in attempts.content.decode()
     assert staff.get("/admin/realtime/pushdelivery/add/").status_code == 403
+
+
+def test_scheduled_events_are_listed_and_cancelled_in_the_admin(staff: Client) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from realtime.models import ScheduledEvent
+
+    later = timezone.now() + timedelta(hours=1)
+    rows = [
+        ScheduledEvent.objects.create(
+            event_id=f"{name}{'0' * 20}",
+            publisher="key:1",
+            channels=["news"],
+            event=name,
+            deliver_at=later,
+            next_attempt_at=later,
+            status=status,
+        )
+        for name, status in (("waiting", ScheduledEvent.PENDING), ("sent", ScheduledEvent.DELIVERED))
+    ]
+    listed = staff.get("/admin/realtime/scheduledevent/?status=pending").content.decode()
+    assert "waiting" in listed and "sent" + "0" * 20 not in listed
+    selected = [str(row.pk) for row in rows]
+    page = staff.post(
+        "/admin/realtime/scheduledevent/", {"action": "cancel", "_selected_action": selected}, follow=True
+    )
+    assert page.status_code == 200 and "1 cancelled" in page.content.decode()
+    statuses = dict(ScheduledEvent.objects.values_list("event", "status"))
+    assert statuses == {"waiting": ScheduledEvent.CANCELLED, "sent": ScheduledEvent.DELIVERED}
+    assert staff.get("/admin/realtime/scheduledevent/add/").status_code == 403
