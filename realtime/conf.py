@@ -96,8 +96,8 @@ TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
 def parse_env(key: str, raw: str, like: Any) -> Any:
-    """The environment variable `key`'s text as a value of the type of `like` (bool, int, list
-    of comma-separated strings, JSON object, or str); ImproperlyConfigured naming it if not."""
+    """The environment variable `key`'s text as a value of the type of `like` (bool, int, float,
+    list of comma-separated strings, JSON object, or str); ImproperlyConfigured naming it if not."""
     if isinstance(like, bool):
         value = raw.strip().lower()
         if value in TRUE | FALSE:
@@ -108,6 +108,11 @@ def parse_env(key: str, raw: str, like: Any) -> Any:
             return int(raw)
         except ValueError:
             raise ImproperlyConfigured(f"{key}={raw!r} is not an integer") from None
+    if isinstance(like, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ImproperlyConfigured(f"{key}={raw!r} is not a number") from None
     if isinstance(like, list):
         return [item.strip() for item in raw.split(",") if item.strip()]
     if isinstance(like, dict):

@@ -9,7 +9,7 @@ from realtime.conf import DEFAULTS, NOT_FROM_ENVIRONMENT, environment_overrides
 
 
 def test_every_setting_but_the_built_ones_is_read_from_its_variable() -> None:
-    samples = {bool: "off", int: "7", list: "a, b,,c", dict: '{"x": {"public": false}}', str: "text"}
+    samples = {bool: "off", int: "7", float: "0.25", list: "a, b,,c", dict: '{"x": {"public": false}}', str: "text"}
     environ = {
         f"NOTIFIER_{name}": samples[type(default)]
         for name, default in DEFAULTS.items()
@@ -19,6 +19,7 @@ def test_every_setting_but_the_built_ones_is_read_from_its_variable() -> None:
     assert set(overrides) == set(DEFAULTS) - NOT_FROM_ENVIRONMENT
     assert overrides["ALLOW_ANONYMOUS"] is False
     assert overrides["HEARTBEAT_SECS"] == 7
+    assert overrides["DISPATCH_SECS"] == 0.25
     assert overrides["ALLOWED_ORIGINS"] == ["a", "b", "c"]
     assert overrides["PUBLISH_RATE_PER_KEY"] == "text"
 
