@@ -5,6 +5,7 @@ app), WebSocket through the notifier consumer."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from django.core.asgi import get_asgi_application
 
@@ -26,9 +27,6 @@ from realtime.routing import websocket_urlpatterns  # noqa: E402
 from realtime.session import SessionAuthMiddleware  # noqa: E402
 from realtime.sse import ServerSentEventsApp  # noqa: E402
 
-if notifier_settings.embedded and notifier_settings.DISPATCH_IN_SERVER:  # no beat: this process publishes them
-    scheduling.start_local_dispatcher()
-
 django_app = ASGIStaticFilesHandler(django_http) if settings.SERVE_STATIC else django_http
 http_app = URLRouter(
     [
@@ -37,7 +35,7 @@ http_app = URLRouter(
     ]
 )
 
-application = ProtocolTypeRouter(
+router = ProtocolTypeRouter(
     {
         # GET /healthz, /readyz, /metrics: api/health.py; POST /api/notify(/batch): api/fast.py;
         # GET /api/inbox(/counts) with a token: api/fast_inbox.py; the rest: Django.
@@ -45,3 +43,11 @@ application = ProtocolTypeRouter(
         "websocket": OriginMiddleware(SessionAuthMiddleware(URLRouter(websocket_urlpatterns))),
     }
 )
+
+
+async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The router. In the embedded mode, which has no Celery beat, the first call also starts
+    this process's dispatch of scheduled events, on the server's loop."""
+    if notifier_settings.embedded and notifier_settings.DISPATCH_IN_SERVER:
+        scheduling.start_local_dispatcher()  # once
+    await router(scope, receive, send)

@@ -13,6 +13,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from .channels import InvalidChannel, personal_channel, policy_of, validate_channel
@@ -115,6 +117,7 @@ class PushSerializer(StrictObjectSerializer):
         return PushSpec(**attrs)
 
 
+@extend_schema_field(OpenApiTypes.DATETIME)
 class DeliverAtField(serializers.Field):
     """An RFC 3339 date and time with its zone ("Z" or an offset)."""
 

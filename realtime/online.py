@@ -45,7 +45,9 @@ def unregistered(user: str, was_last: bool) -> None:
 
 def _check_later(roster: rosters.Roster, name: str, type: str, data: dict[str, str]) -> None:  # noqa: A002
     loop = asyncio.get_running_loop()
-    loop.call_later(notifier_settings.PRESENCE_DEBOUNCE_SECS, _spawn, loop, _check(roster, name, type, data))
+    loop.call_later(
+        notifier_settings.PRESENCE_DEBOUNCE_SECS, lambda: _spawn(loop, _check(roster, name, type, data))
+    )  # the coroutine is made when it runs: none is left unawaited if the loop stops first
 
 
 def _spawn(loop: asyncio.AbstractEventLoop, work: Any) -> None:

@@ -13,15 +13,15 @@ then answers the first one's result and sends nothing twice.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db import IntegrityError, close_old_connections, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 from redis.exceptions import RedisError
@@ -224,14 +224,21 @@ def _fits(items: list[Any]) -> bool:
 
 
 def dispatch(limit: int = DISPATCH_BATCH, budget_secs: float = DISPATCH_BUDGET_SECS) -> int:
+    """`adispatch` for sync code (the Celery task)."""
+    return run_sync(adispatch, limit, budget_secs)
+
+
+async def adispatch(limit: int = DISPATCH_BATCH, budget_secs: float = DISPATCH_BUDGET_SECS) -> int:
     """Publish what is due, `limit` rows at a time, until none is left or `budget_secs` have
-    passed; how many were published."""
+    passed; how many were published. The database work runs in a thread, the publishes on
+    this loop."""
     published = 0
     deadline = time.monotonic() + budget_secs
     while True:
-        rows = _take_due(limit)
+        rows = await in_thread(_take_due, limit)
         if rows:
-            published += _publish(rows)
+            answers = await apublish_many([publish_request(row) for row in rows])
+            published += await in_thread(_mark, rows, answers)
         if len(rows) < limit or time.monotonic() >= deadline:
             return published
 
@@ -277,8 +284,9 @@ def publish_request(row: ScheduledEvent) -> PublishRequest:
     )
 
 
-def _publish(rows: list[ScheduledEvent]) -> int:
-    answers = run_sync(apublish_many, [publish_request(row) for row in rows])
+def _mark(rows: list[ScheduledEvent], answers: list[PublishResult | PublishError]) -> int:
+    """Record each row's outcome: delivered, due again later (Redis unavailable) or failed
+    (refused); how many were delivered."""
     now = timezone.now()
     delivered, again, failed = [], [], []
     for row, answer in zip(rows, answers, strict=True):
@@ -330,27 +338,23 @@ def describe(row: ScheduledEvent) -> dict[str, Any]:
     return {"id": row.event_id, "deliver_at": rfc3339(row.deliver_at), "targets": row.channels, "event": row.event}
 
 
-# The embedded mode: no Celery beat, so the server process dispatches.
+# The embedded mode: no Celery beat, so the server process dispatches, on its event loop (the
+# in-memory channel layer is not thread-safe).
 
-_local: threading.Thread | None = None
+_local: asyncio.Task[None] | None = None
 
 
 def start_local_dispatcher() -> None:
-    """Dispatch from a thread of this process every NOTIFIER_DISPATCH_SECS (embedded mode)."""
+    """Dispatch every NOTIFIER_DISPATCH_SECS from this event loop (the embedded server's)."""
     global _local
-    if _local is not None:
-        return
-    _local = threading.Thread(target=_dispatch_forever, name="notifier-dispatch", daemon=True)
-    _local.start()
+    if _local is None:
+        _local = asyncio.get_running_loop().create_task(_dispatch_forever())
 
 
-def _dispatch_forever() -> None:
+async def _dispatch_forever() -> None:
     while True:
-        time.sleep(notifier_settings.DISPATCH_SECS)
-        close_old_connections()
+        await asyncio.sleep(notifier_settings.DISPATCH_SECS)
         try:
-            dispatch()
+            await adispatch()
         except Exception:
             logger.exception("dispatching scheduled events failed")
-        finally:
-            close_old_connections()

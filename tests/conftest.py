@@ -20,9 +20,9 @@ from .support import (
 )
 from .wsclient import Client
 
-# This process drives the ASGI app in process (communicators) but is no server: importing
-# notifier.asgi must not start a dispatcher publishing the tests' scheduled rows behind their
-# backs. The server processes the tests start dispatch as `make run` does.
+# This process drives the ASGI app in process (communicators) but is no server: calling
+# notifier.asgi's application must not start a dispatcher publishing the tests' scheduled rows
+# behind their backs. The server processes the tests start dispatch as `make run` does.
 settings.NOTIFIER["DISPATCH_IN_SERVER"] = False
 
 
