@@ -21,7 +21,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 from redis.exceptions import RedisError
@@ -98,12 +98,24 @@ async def ahold_many(held: list[tuple[PublishRequest, Later]]) -> list[dict[str,
                 scheduled.append((index, request, later.deliver_at))
         except PublishError as exc:
             answers[index] = exc
+        except DatabaseError as exc:
+            answers[index] = _database_down(exc)
     if scheduled:
-        rows = await in_thread(_schedule, [(request, deliver_at) for _, request, deliver_at in scheduled])
-        for (index, _, _), row in zip(scheduled, rows, strict=True):
-            answers[index] = {"id": row.event_id, "scheduled": True, "deliver_at": rfc3339(row.deliver_at)}
+        try:
+            rows = await in_thread(_schedule, [(request, deliver_at) for _, request, deliver_at in scheduled])
+        except DatabaseError as exc:
+            for index, _, _ in scheduled:
+                answers[index] = _database_down(exc)
+        else:
+            for (index, _, _), row in zip(scheduled, rows, strict=True):
+                answers[index] = {"id": row.event_id, "scheduled": True, "deliver_at": rfc3339(row.deliver_at)}
     assert all(answer is not None for answer in answers)
     return answers  # type: ignore[return-value]
+
+
+def _database_down(exc: DatabaseError) -> Unavailable:
+    logger.warning("scheduling failed: %s", exc)
+    return Unavailable("the database is unavailable; the event was not scheduled")
 
 
 async def _digest(request: PublishRequest, digest: Digest) -> dict[str, Any]:

@@ -84,3 +84,17 @@ def test_rows_published_by_a_dispatcher_that_died_are_not_published_twice(redis_
     published = [frame for _, frame in page.frames]
     assert len(published) == 50 and all(f'"id":"{event_id}"' in "".join(published) for event_id in ids)
     assert set(ScheduledEvent.objects.values_list("status", flat=True)) == {ScheduledEvent.DELIVERED}
+
+
+async def test_a_database_that_fails_refuses_the_schedule_as_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.db import OperationalError
+
+    from realtime.publish import PublishRequest, Unavailable
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("the database went away")
+
+    monkeypatch.setattr(scheduling, "_schedule", down)
+    later = scheduling.Later(deliver_at=timezone.now() + timedelta(minutes=5))
+    with pytest.raises(Unavailable, match="database is unavailable"):
+        await scheduling.ahold(PublishRequest(["news"], "e"), later)
