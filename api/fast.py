@@ -1,4 +1,5 @@
-"""The publish route: POST /api/notify and POST /api/notify/batch, on the event loop.
+"""The publish route: POST /api/notify and POST /api/notify/batch, on the event loop; and
+POST /api/tokens the same way (api/tokens.py's rules).
 
 Through Django, a request hops to a thread several times (request_started, the sync view,
 `response.close()`), looks its API key up in the database, validates with DRF's field
@@ -25,6 +26,7 @@ from rest_framework import exceptions
 from realtime.events import dumps
 from realtime.scope import header
 
+from . import tokens
 from .authentication import bearer_key
 from .exceptions import InvalidApiKey, exception_handler, payload_too_large
 from .keys import KeyCache
@@ -34,14 +36,14 @@ from .publishing import NotifyCall, answer, cost_of
 logger = logging.getLogger(__name__)
 
 ASGIApp = Any
-NOTIFY, BATCH = "/api/notify", "/api/notify/batch"
+NOTIFY, BATCH, TOKENS = "/api/notify", "/api/notify/batch", "/api/tokens"
 JSON_HEADERS = [(b"content-type", b"application/json")]
 # Bodies above this are parsed only once the key is known to be good (one more Redis call).
 CHECK_KEY_BEFORE_PARSING_BYTES = 256 * 1024
 
 
 class FastPublishApp:
-    """ASGI: POST /api/notify and /api/notify/batch here; the rest to `app`."""
+    """ASGI: POST /api/notify, /api/notify/batch and /api/tokens here; the rest to `app`."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -49,14 +51,17 @@ class FastPublishApp:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope.get("path") if scope["type"] == "http" and scope["method"] == "POST" else None
-        if path not in (NOTIFY, BATCH):
+        if path not in (NOTIFY, BATCH, TOKENS):
             await self.app(scope, receive, send)
             return
         read = await _read_body(receive)
         if read is None:
             return  # the client went away
         try:
-            status, content = 202, await answer(await self.call(path == BATCH, scope, *read))
+            if path == TOKENS:
+                status, content = 201, await self.mint(scope, *read)
+            else:
+                status, content = 202, await answer(await self.call(path == BATCH, scope, *read))
             headers: list[tuple[bytes, bytes]] = []
         except Exception as exc:  # noqa: BLE001 - every refusal is answered as the DRF views answer it
             status, content, headers = error_answer(exc)
@@ -72,6 +77,15 @@ class FastPublishApp:
         parsed, parse_error = _parse(body, too_large)
         checked = await self.keys.check(key_hash, cost_of(batch, parsed))
         return NotifyCall(batch, checked.key, parsed, parse_error, checked.window)
+
+    async def mint(self, scope: dict[str, Any], body: bytes, too_large: bool) -> dict[str, Any]:
+        """POST /api/tokens: the key from the cache (one Redis round trip, which also tells
+        of revoked keys), then api/tokens.py's rules."""
+        checked = await self.keys.check(hash_key(_bearer_key(scope)), 0)
+        if checked.key is None:
+            raise InvalidApiKey("unknown or revoked API key")
+        parsed, parse_error = _parse(body, too_large)
+        return tokens.mint(checked.key, parsed, parse_error)
 
 
 def _bearer_key(scope: dict[str, Any]) -> str:

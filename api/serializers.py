@@ -25,6 +25,7 @@ class NotifyResponseSerializer(serializers.Serializer):
 
 
 MAX_TOKEN_LIFETIME_SECS = 7 * 24 * 3600
+DEFAULT_TOKEN_LIFETIME_SECS = 3600
 
 
 class TokenRequestSerializer(StrictObjectSerializer):
@@ -35,7 +36,9 @@ class TokenRequestSerializer(StrictObjectSerializer):
         child=StrictCharField(max_length=MAX_CHANNEL_PATTERN_LENGTH), required=False, max_length=100
     )
     channel = ChannelField(required=False)
-    expires_in = serializers.IntegerField(required=False, default=3600, min_value=1, max_value=MAX_TOKEN_LIFETIME_SECS)
+    expires_in = serializers.IntegerField(
+        required=False, default=DEFAULT_TOKEN_LIFETIME_SECS, min_value=1, max_value=MAX_TOKEN_LIFETIME_SECS
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if "channel" in attrs and "channels" in attrs:

@@ -15,16 +15,16 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from realtime.bridge import run_sync
-from realtime.channels import InvalidChannel, personal_channel, policy_of, validate_channel
+from realtime.channels import InvalidChannel, policy_of, validate_channel
 from realtime.history import get_history
 from realtime.notify import BatchRequestSerializer, NotifyRequestSerializer
 from realtime.presence import get_presence, presence_summary
 from realtime.publish import Unavailable
-from realtime.tokens import mint_connection_token, mint_subscription_token
 
+from . import tokens
 from .authentication import Publisher
 from .exceptions import payload_too_large
-from .permissions import HasScope, check_key_channels, check_key_grants
+from .permissions import HasScope, check_key_channels
 from .publishing import NotifyCall, answer
 from .serializers import (
     BatchResultSerializer,
@@ -144,22 +144,9 @@ class TokenView(KeyScopedView):
 
     @extend_schema(request=TokenRequestSerializer, responses={201: TokenResponseSerializer, **ERRORS})
     def post(self, request: Request) -> Response:
-        serializer = TokenRequestSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        attrs = serializer.validated_data
         publisher = request.user
         assert isinstance(publisher, Publisher)
-        if "channel" in attrs:
-            # Grants this one channel to a connection already authenticated as the user.
-            check_key_grants(publisher.key, [attrs["channel"]])
-            token, expires_at = mint_subscription_token(attrs["user"], attrs["channel"], attrs["expires_in"])
-        else:
-            # A connection token authenticates as the user, which opens the user's personal
-            # channel: the key must cover it too.
-            personal = personal_channel(attrs["user"])
-            check_key_grants(publisher.key, [personal, *attrs.get("channels", [])])
-            token, expires_at = mint_connection_token(attrs["user"], attrs.get("channels"), attrs["expires_in"])
-        return Response({"token": token, "expires_at": expires_at}, status=status.HTTP_201_CREATED)
+        return Response(tokens.mint(publisher.key, request.data), status=status.HTTP_201_CREATED)
 
 
 def _int_param(request: Request, name: str, default: int, minimum: int, maximum: int | None = None) -> int:

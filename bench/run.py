@@ -59,6 +59,7 @@ SCENARIOS = [
     "inbox",
     "push",
     "scheduling",
+    "tokens",
 ]
 
 TARGETS = {
@@ -68,6 +69,7 @@ TARGETS = {
     "notify_rps": 1700.0,
     "batch_eps": 20_000.0,
     "celery_eps": 1000.0,
+    "tokens_per_sec": 2000.0,
 }
 
 
@@ -455,6 +457,41 @@ class Bench:
         from bench import scheduling
 
         scheduling.run(self, Row, fmt)
+
+    def tokens(self) -> None:
+        """POST /api/tokens (connection tokens) against one process, beside a plain app minting the same JWT."""
+        secs = self.scale.publish_secs
+        key = manage(self.env, "create_api_key", "bench-tokens", "--scope", "tokens").strip().splitlines()[-1]
+        load = {"mode": "http", "kind": "tokens", "concurrency": 16, "seconds": secs}
+        with self.servers("raw") as (raw,):
+            plain = self.loadgen({**load, "url": f"{raw.http}/api/tokens"})
+        with self.servers("uvicorn") as (server,):
+            ours = self.loadgen({**load, "url": f"{server.http}/api/tokens", "key": key}, watch=[server])
+        rate, raw_rate = ours["requests_per_sec"], plain["requests_per_sec"]
+        self.add(
+            Row(
+                "tokens",
+                "raw ASGI POST /api/tokens (parse JSON, sign an HS256 JWT; no key check), 16 in flight",
+                fmt(raw_rate, "tokens/s"),
+                f"p99 {plain['latency']['p99_ms']} ms",
+                lost=None,
+                duplicated=None,
+                data=plain,
+            )
+        )
+        self.add(
+            Row(
+                "tokens",
+                "notifier POST /api/tokens (API key, scope and channel checks), 16 in flight",
+                fmt(rate, "tokens/s"),
+                f"{rate / max(raw_rate, 1e-9):.2f}x raw; p99 {ours['latency']['p99_ms']} ms; errors {ours['errors']};"
+                f" target >= {TARGETS['tokens_per_sec']:,.0f}/s",
+                lost=None,
+                duplicated=None,
+                target_met=rate >= TARGETS["tokens_per_sec"] and ours["errors"] == 0,
+                data=ours,
+            )
+        )
 
     def publish(self) -> None:
         """POST /api/notify and /api/notify/batch against one process, with 2 subscribers checking."""

@@ -273,14 +273,14 @@ def quick_notify_attrs(body: Any) -> dict[str, Any] | None:
         attrs["channels"] = list(channels)
         targets.extend(channels)
     if "user" in body:
-        user = _user_id(body["user"])
+        user = quick_user_id(body["user"])
         if user is None:
             return None
         attrs["user"] = user
         targets.append(personal_channel(user))
     if "users" in body:
         users = body["users"]
-        ids = [_user_id(u) for u in users] if type(users) is list and users else [None]
+        ids = [quick_user_id(u) for u in users] if type(users) is list and users else [None]
         if None in ids:
             return None
         attrs["users"] = ids
@@ -319,7 +319,8 @@ def _known_channel(channel: Any) -> bool:
     return policy_of(channel) is not None
 
 
-def _user_id(value: Any) -> str | None:
+def quick_user_id(value: Any) -> str | None:
+    """What UserIdField makes of `value`, or None where it would refuse it."""
     if type(value) is int:
         value = str(value)
     return value if type(value) is str and USER_ID_RE.fullmatch(value) else None

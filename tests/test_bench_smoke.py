@@ -29,6 +29,7 @@ EXPECTED = {
     "inbox": ["GET /api/inbox/counts", "GET /api/inbox (first page", "mark all read", "inbox: true, 10,000 users"],
     "push": ["Web Push: 50 pushes"],
     "scheduling": ["dispatch lag: 200 scheduled events/s", "backlog: 1,000 events due at one moment"],
+    "tokens": ["raw ASGI POST /api/tokens", "notifier POST /api/tokens"],
 }
 
 

@@ -489,3 +489,41 @@ async def test_a_minted_token_grants_a_pattern_only_if_the_key_has_that_pattern(
     await client.close()
     # A key for every channel (`*`, the default) may grant any pattern.
     assert post_json(url, {"user": user, "channels": ["private:team-*"]}, api_key)[0] == 201
+
+
+TOKEN_REFUSALS: list[tuple[str, Any, int, str]] = [
+    # (which key, body, status, code): the server's event-loop route answers as the DRF view does
+    ("none", {"user": "42"}, 401, "missing_api_key"),
+    ("bad", {"user": "42"}, 401, "invalid_api_key"),
+    ("publish-only", {"user": "42"}, 403, "forbidden"),
+    ("publish-only", None, 403, "forbidden"),  # the scope is checked before the body is read
+    ("tokens", None, 400, "invalid_json"),
+    ("tokens", {"user": " 42"}, 400, "invalid"),
+    ("tokens", {"user": "42", "extra": 1}, 400, "invalid"),
+    ("tokens", {"user": "42", "expires_in": "60"}, 201, ""),  # DRF's IntegerField takes "60"
+    ("tokens", {"user": "42", "channels": ["private:a"], "channel": "private:a"}, 400, "invalid"),
+    ("tokens", [1], 400, "invalid"),
+]
+
+
+@pytest.fixture(scope="module")
+def token_keys(service_db: str) -> dict[str, str | None]:
+    return {
+        "none": None,
+        "bad": "nk_not-a-key",
+        "publish-only": make_key(service_db, "--scope", "publish"),
+        "tokens": make_key(service_db, "--scope", "tokens"),
+    }
+
+
+@pytest.mark.parametrize(("which", "body", "status", "code"), TOKEN_REFUSALS)
+def test_token_minting_answers_every_refusal_with_its_code(
+    server: Server, token_keys: dict[str, str | None], which: str, body: Any, status: int, code: str
+) -> None:
+    keys = token_keys
+    raw = b"{not json" if body is None else None
+    answer = post_json(f"{server.http}/api/tokens", body, keys[which], raw=raw)
+    assert answer[0] == status, answer
+    assert (answer[1].get("code", "") if status != 201 else "") == code, answer
+    if status == 201:
+        assert jwt.decode(answer[1]["token"], options={"verify_signature": False})["sub"] == "42"

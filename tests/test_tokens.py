@@ -11,9 +11,14 @@ import jwt
 import pytest
 from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from api.models import ApiKey
 from api.permissions import key_may_grant
+from api.serializers import TokenRequestSerializer
+from api.tokens import quick_token_attrs
 from realtime.authorization import ChannelAuthorizer, Identity
 from realtime.codes import CloseCode
 from realtime.process import get_hub
@@ -150,3 +155,37 @@ async def test_when_anonymous_is_off_sockets_must_authenticate(settings: Any) ->
     assert json.loads(await ws.receive_from(timeout=5))["type"] == "subscribed"
     await ws.disconnect()
     await get_hub().stop()
+
+
+_odd = st.one_of(
+    st.sampled_from(["", " 42", "42 ", "a b", "é", "x" * 65, 5, -1, 0, 1.5, True, None, [], "60", 7 * 24 * 3600 + 1]),
+    st.text(max_size=4),
+)
+_token_bodies = st.one_of(
+    st.fixed_dictionaries(
+        {"user": st.one_of(st.sampled_from(["42", "a@b.c", "x" * 64]), st.integers(0, 99), _odd)},
+        optional={
+            "expires_in": st.one_of(st.integers(-1, 8 * 24 * 3600), _odd),
+            "channels": st.lists(st.sampled_from(["private:a", "x"]), max_size=2),
+            "channel": st.just("private:a"),
+            "extra": _odd,
+        },
+    ),
+    _odd,
+)
+
+
+@hypothesis_settings(max_examples=500)
+@given(_token_bodies)
+def test_quick_token_validation_accepts_only_what_the_serializer_accepts_with_the_same_data(body: Any) -> None:
+    quick = quick_token_attrs(body)
+    if quick is None:
+        return  # the serializer decides
+    serializer = TokenRequestSerializer(data=body)
+    assert serializer.is_valid(), (body, serializer.errors)
+    assert dict(serializer.validated_data) == quick
+
+
+def test_quick_token_validation_takes_ordinary_bodies() -> None:
+    for body in [{"user": "42"}, {"user": 7, "expires_in": 600}]:
+        assert quick_token_attrs(body) is not None, body

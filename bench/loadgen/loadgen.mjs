@@ -14,8 +14,9 @@
 //   hold     N subscribers that stay connected until stdin closes (idle memory).
 //   count    N subscribers that wait for `expect` events published by someone else (Celery).
 //   recover  N sockets that subscribe at once with `since` and receive the replay (recovery).
-//   http     POST load with `concurrency` requests in flight for `seconds` (publish API), plus
-//            optional subscribers that check every acknowledged event arrives exactly once.
+//   http     POST load with `concurrency` requests in flight for `seconds` (publish API, or with
+//            kind "tokens" POST /api/tokens), plus optional subscribers that check every
+//            acknowledged event arrives exactly once.
 //
 // Events are recognised without JSON.parse: every event frame carries "data":{"s":<seq>}.
 
@@ -644,6 +645,7 @@ async function httpLoad() {
   };
   const body = () => {
     if (kind === "raw") return rawFrame("bench", ++seq);
+    if (kind === "tokens") return JSON.stringify({ user: `u${++seq % 100000}` }); // POST /api/tokens
     if (batch) {
       const events = [];
       for (let i = 0; i < batch; i++) events.push(event());
@@ -660,7 +662,7 @@ async function httpLoad() {
       const res = await post(url, body(), headers);
       hist.add(now() - t);
       statuses[res.status] = (statuses[res.status] || 0) + 1;
-      if (res.status === 202 || res.status === 200) {
+      if (res.status === 202 || res.status === 200 || res.status === 201) {
         ok++;
         okEvents += eventsPerRequest;
         if (subs) acked.push([first, first + eventsPerRequest - 1]);
@@ -690,7 +692,7 @@ async function httpLoad() {
   return {
     requests: ok,
     errors: Object.entries(statuses)
-      .filter(([s]) => s !== "202" && s !== "200")
+      .filter(([s]) => s !== "202" && s !== "200" && s !== "201")
       .reduce((a, [, c]) => a + c, 0),
     statuses,
     seconds: elapsed,
