@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from .support import RedisServer, Server, manage, notify, post_json, service_env, wait_until
+from .support import (
+    RedisServer,
+    Server,
+    create_postgres_database,
+    drop_postgres_database,
+    manage,
+    notify,
+    post_json,
+    service_env,
+    wait_until,
+)
 from .wsclient import Client
 
 pytestmark = pytest.mark.integration
@@ -56,11 +67,14 @@ async def test_the_readme_flow_on_the_embedded_server(service_db: str, workdir: 
         server.stop()
 
 
-async def test_the_embedded_server_publishes_scheduled_events_itself(
-    service_db: str, workdir: Path, api_key: str
-) -> None:
-    """`make run` has no Celery beat: its server process dispatches what is due."""
-    server = Server(service_env(None, service_db), workdir)
+async def test_the_embedded_server_publishes_scheduled_events_itself(workdir: Path) -> None:
+    """`make run` has no Celery beat: its server process dispatches what is due. On a database
+    of its own: the session's Celery worker (tests/offline.py) dispatches the shared one's."""
+    database = create_postgres_database(f"notifier_embedded_{os.getpid()}")
+    env = service_env(None, database)
+    manage(env, "migrate", "--verbosity", "0")
+    api_key = manage(env, "create_api_key", "embedded").strip().splitlines()[-1]
+    server = Server(env, workdir)
     try:
         channel = channel_name()
         client = await Client.connect(server.ws)
@@ -72,6 +86,7 @@ async def test_the_embedded_server_publishes_scheduled_events_itself(
         await client.close()
     finally:
         server.stop()
+        drop_postgres_database(database)
 
 
 async def test_publish_through_either_process_reaches_subscribers_on_both(
