@@ -1,10 +1,12 @@
 """The baseline: a minimal raw ASGI broadcast app, no Django, no Channels.
 
-Every WebSocket client is subscribed on connect. One task per process listens on a Redis
-pub/sub channel and writes each message's text, encoded once, to every socket through the
-ASGI `send`. POST /api/notify parses a JSON body, PUBLISHes it and answers 202: the raw
-publish rate the notify endpoint is compared with. POST /api/tokens mints an HS256 JWT for the
-body's `user` and answers 201, with no key check: the raw rate token minting is compared with.
+Every WebSocket client is subscribed on connect: to everything, or with `?user=<id>` to that
+user's events only (the personal shape, routed per socket as notifier routes `user:<id>`).
+One task per process listens on Redis pub/sub and writes each message's text, encoded once,
+to every socket (or the user's) through the ASGI `send`. POST /api/notify parses a JSON
+body, PUBLISHes it and answers 202: the raw publish rate the notify endpoint is compared
+with. POST /api/tokens mints an HS256 JWT for the body's `user` and answers 201, with no key
+check: the raw rate token minting is compared with.
 
     RAW_REDIS_URL=redis://127.0.0.1:6379/0 uvicorn bench.raw_asgi:app --ws websockets-sansio
 """
@@ -16,27 +18,36 @@ import json
 import os
 import time
 from typing import Any
+from urllib.parse import parse_qs
 
 import jwt
 from redis import asyncio as aioredis
 
 CHANNEL = "raw-bench"
+PERSONAL = "raw-bench-personal"  # "<user> <frame>": to that user's sockets only
 sockets: set[Any] = set()
+by_user: dict[str, set[Any]] = {}
 state: dict[str, Any] = {}
 
 
 async def pump() -> None:
     redis = aioredis.from_url(os.environ["RAW_REDIS_URL"])
     pubsub = redis.pubsub()
-    await pubsub.subscribe(CHANNEL)
+    await pubsub.subscribe(CHANNEL, PERSONAL)
     async for message in pubsub.listen():
-        if message["type"] == "message":
-            event = {"type": "websocket.send", "text": message["data"].decode()}
-            for send in list(sockets):
-                try:
-                    await send(event)
-                except Exception:  # noqa: BLE001 - a socket closing mid-broadcast
-                    sockets.discard(send)
+        if message["type"] != "message":
+            continue
+        text = message["data"].decode()
+        targets: Any = sockets
+        if message["channel"] == PERSONAL.encode():
+            user, text = text.split(" ", 1)
+            targets = by_user.get(user, ())
+        event = {"type": "websocket.send", "text": text}
+        for send in list(targets):
+            try:
+                await send(event)
+            except Exception:  # noqa: BLE001 - a socket closing mid-broadcast
+                sockets.discard(send)
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -57,7 +68,14 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             token = jwt.encode({"sub": user, "exp": expires_at}, "raw-bench-secret-long-enough-for-hs256", "HS256")
             status, answer = 201, json.dumps({"token": token, "expires_at": expires_at}).encode()
         elif scope["method"] == "POST":
-            await state["redis"].publish(CHANNEL, json.dumps(json.loads(body)))
+            parsed = json.loads(body)
+            if "user" in parsed:  # the personal shape: a notifier-like frame to one user's sockets
+                frame = json.dumps(
+                    {"type": "event", "channel": f"user:{parsed['user']}", "offset": 0, **parsed}, separators=(",", ":")
+                )
+                await state["redis"].publish(PERSONAL, f"{parsed['user']} {frame}")
+            else:
+                await state["redis"].publish(CHANNEL, json.dumps(parsed))
             status, answer = 202, b'{"id":"0123456789abcdef0123456789abcdef","channels":{}}'
         await send(
             {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
@@ -66,10 +84,12 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif scope["type"] == "websocket":
         await receive()  # websocket.connect
         await send({"type": "websocket.accept"})
+        user = parse_qs(scope.get("query_string", b"").decode()).get("user", [None])[0]
         await send({"type": "websocket.send", "text": '{"type":"subscribed","channel":"bench"}'})
-        sockets.add(send)
+        mine = sockets if user is None else by_user.setdefault(user, set())
+        mine.add(send)
         try:
             while (await receive())["type"] != "websocket.disconnect":
                 pass
         finally:
-            sockets.discard(send)
+            mine.discard(send)

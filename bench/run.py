@@ -60,6 +60,7 @@ SCENARIOS = [
     "push",
     "scheduling",
     "tokens",
+    "personal",
 ]
 
 TARGETS = {
@@ -457,6 +458,54 @@ class Bench:
         from bench import scheduling
 
         scheduling.run(self, Row, fmt)
+
+    def personal(self) -> None:
+        """The notification shape: one socket per user on their personal channel, each event to
+        one random user, at a fixed rate and as fast as acknowledged; beside the plain app."""
+        users, rate, secs = (50, 50, 2.0) if self.smoke else (5000, 500, 20.0)
+        secret = "bench-personal-secret-long-enough-for-hs256"  # noqa: S105 - a throwaway local run
+        results: dict[tuple[str, str], dict[str, Any]] = {}
+        for kind, server_kind, env in (("raw", "raw", {}), ("notifier", "uvicorn", {"NOTIFIER_JWT_SECRET": secret})):
+            with self.servers(server_kind, 1, **env) as (server,):
+                base = {"mode": "personal", "kind": kind, "users": users, "ws": server.ws, "seconds": secs}
+                base |= {"post": f"{server.http}/api/notify", "key": self.key, "secret": secret}
+                results[kind, "rate"] = self.loadgen({**base, "rate": rate}, watch=[server])
+                results[kind, "closed"] = self.loadgen({**base, "window": 32}, watch=[server])
+        for kind in ("raw", "notifier"):
+            fixed, closed = results[kind, "rate"], results[kind, "closed"]
+            lat, raw_lat = fixed["latency"], results["raw", "rate"]["latency"]
+            ours = kind == "notifier"
+            compare = f"max {round(lat['max_ms'] or 0, 1)} ms; server CPU {fixed.get('server_cpu_percent')}%"
+            if ours:
+                compare += f"; p99 {lat['p99_ms'] / max(raw_lat['p99_ms'] or 1e-9, 1e-9):.1f}x raw (target <= 2x)"
+            self.add(
+                Row(
+                    "personal",
+                    f"{'notifier (uvicorn)' if ours else 'raw ASGI'}, {users:,} users one socket each,"
+                    f" {rate} events/s to random users",
+                    f"p50 {lat['p50_ms']} / p99 {lat['p99_ms']} ms",
+                    compare,
+                    fixed["lost"],
+                    fixed["duplicated"] + fixed["misrouted"],
+                    target_met=(lat["p99_ms"] or 0) <= 2 * (raw_lat["p99_ms"] or 0) if ours else None,
+                    data=fixed,
+                )
+            )
+            raw_rate = results["raw", "closed"]["events_per_sec"]
+            self.add(
+                Row(
+                    "personal",
+                    f"{'notifier (uvicorn)' if ours else 'raw ASGI'}, {users:,} users, as fast as acknowledged"
+                    " (32 in flight)",
+                    fmt(closed["events_per_sec"], "events/s"),
+                    (f"{closed['events_per_sec'] / max(raw_rate, 1e-9):.2f}x raw (target >= 0.8x); " if ours else "")
+                    + f"p99 {closed['latency']['p99_ms']} ms; server CPU {closed.get('server_cpu_percent')}%",
+                    closed["lost"],
+                    closed["duplicated"] + closed["misrouted"],
+                    target_met=closed["events_per_sec"] >= 0.8 * raw_rate if ours else None,
+                    data=closed,
+                )
+            )
 
     def tokens(self) -> None:
         """POST /api/tokens (connection tokens) against one process, beside a plain app minting the same JWT."""

@@ -18,8 +18,11 @@
 //            kind "tokens" POST /api/tokens), plus optional subscribers that check every
 //            acknowledged event arrives exactly once.
 //
+//   personal N sockets, one user each; events to random users by POST, at a rate or closed loop.
+//
 // Events are recognised without JSON.parse: every event frame carries "data":{"s":<seq>}.
 
+import crypto from "node:crypto";
 import http from "node:http";
 import net from "node:net";
 import { performance } from "node:perf_hooks";
@@ -704,7 +707,139 @@ async function httpLoad() {
   };
 }
 
-const modes = { fanout, hold, count, recover, http: httpLoad };
+// -- personal channels: one socket per user, each event to one user ---------------------------
+
+/** An HS256 JWT for `user` (notifier's connection token), signed with `secret`. */
+function connectionToken(user, secret) {
+  const enc = (obj) => Buffer.from(JSON.stringify(obj)).toString("base64url");
+  const head = `${enc({ alg: "HS256", typ: "JWT" })}.${enc({ sub: user, exp: Math.floor(Date.now() / 1000) + 3600 })}`;
+  return `${head}.${crypto.createHmac("sha256", secret).update(head).digest("base64url")}`;
+}
+
+async function personal() {
+  // `users` sockets, socket i for user u<i> (notifier: a connection token, then a subscribe to
+  // user:u<i>; raw: ?user=u<i>, routed by the server). Events go by POST to random users, at
+  // `rate` events/s, or as fast as acknowledged with `window` in flight (the next event goes
+  // out when one has reached its user). Latency is from the POST to the frame at its socket.
+  const { users, kind, ws, post: postUrl, key, secret } = config;
+  const seconds = config.seconds ?? 10;
+  const maxSeq = config.max_events ?? 2_000_000;
+  const sockets = new Array(users);
+  const seen = new Uint8Array(maxSeq + 1);
+  const target = new Int32Array(maxSeq + 1).fill(-1);
+  const sentAt = new Float64Array(maxSeq + 1);
+  const hist = new Histogram();
+  let received = 0;
+  let misrouted = 0;
+  let connectErrors = 0;
+  let onArrive = () => {};
+  const open = (i) =>
+    new Promise((resolve, reject) => {
+      const url = kind === "raw" ? `${ws}?user=u${i}` : `${ws}?token=${connectionToken(`u${i}`, secret)}`;
+      const sock = new WebSocket(url, { perMessageDeflate: false });
+      sockets[i] = sock;
+      const timer = setTimeout(() => (sock.terminate(), reject(new Error("not subscribed in time"))), 120_000);
+      sock.on("open", () => {
+        if (kind !== "raw") sock.send(JSON.stringify({ op: "subscribe", channel: `user:u${i}` }));
+      });
+      sock.on("message", (data) => {
+        if (startsWith(data, EVENT_PREFIX)) {
+          const s = numberAfter(data, SEQ_KEY);
+          if (s < 0 || s > maxSeq) return;
+          if (target[s] !== i) misrouted++;
+          received++;
+          if (seen[s] < 255) seen[s]++;
+          if (seen[s] === 1) {
+            hist.add(now() - sentAt[s]);
+            onArrive();
+          }
+        } else if (startsWith(data, PING)) {
+          sock.send('{"op":"pong"}');
+        } else if (startsWith(data, SUBSCRIBED)) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+      sock.on("error", (err) => (clearTimeout(timer), reject(err)));
+    });
+  const connectStarted = now();
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(200, users) }, async () => {
+      while (next < users) {
+        const i = next++;
+        await open(i).catch((err) => {
+          connectErrors++;
+          if (connectErrors <= 3) process.stderr.write(`connect u${i}: ${err.message}\n`);
+        });
+      }
+    }),
+  );
+  const connectSecs = (now() - connectStarted) / 1000;
+  emit({ ready: { users, connect_errors: connectErrors, connect_seconds: connectSecs } });
+  const headers = key ? { Authorization: `Bearer ${key}` } : {};
+  let seq = 0;
+  let acked = 0;
+  let refused = 0;
+  const send = async () => {
+    const s = ++seq;
+    const user = Math.floor(Math.random() * users);
+    target[s] = user;
+    sentAt[s] = now();
+    const res = await post(postUrl, JSON.stringify({ user: `u${user}`, event: "bench", data: { s } }), headers);
+    if (res.status === 202) acked++;
+    else if (++refused <= 3) process.stderr.write(`POST ${res.status}: ${res.body.slice(0, 200)}\n`);
+  };
+  const started = now();
+  const stopAt = started + seconds * 1000;
+  if (config.rate) {
+    const interval = 1000 / config.rate;
+    while (now() < stopAt && seq < maxSeq) {
+      const wait = started + seq * interval - now();
+      if (wait > 0) await sleep(wait);
+      send(); // not awaited: the rate is the schedule's
+    }
+  } else {
+    const window = config.window ?? 32;
+    let arrived = 0;
+    await new Promise((resolve) => {
+      onArrive = () => {
+        arrived++;
+        if (now() < stopAt && seq < maxSeq) send();
+        else if (arrived >= seq) resolve();
+      };
+      for (let n = 0; n < window; n++) send();
+      setTimeout(resolve, seconds * 1000 + 30_000);
+    });
+  }
+  const elapsed = (now() - started) / 1000;
+  const deadline = now() + 30_000;
+  while (received < acked && now() < deadline) await sleep(50);
+  await sleep(500);
+  let lost = 0;
+  let duplicated = 0;
+  for (let s = 1; s <= seq; s++) {
+    if (seen[s] === 0) lost++;
+    else if (seen[s] > 1) duplicated += seen[s] - 1;
+  }
+  for (const sock of sockets) if (sock) sock.terminate();
+  return {
+    users,
+    connect_errors: connectErrors,
+    connect_seconds: connectSecs,
+    events: seq,
+    acknowledged: acked,
+    refused,
+    seconds: elapsed,
+    events_per_sec: acked / elapsed,
+    lost: lost - refused,
+    duplicated,
+    misrouted,
+    latency: hist.summary(),
+  };
+}
+
+const modes = { fanout, hold, count, recover, http: httpLoad, personal };
 
 const run = modes[config.mode];
 const cpuStart = process.cpuUsage();
