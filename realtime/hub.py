@@ -11,8 +11,10 @@ for all sockets rather than one task per socket.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +34,17 @@ logger = logging.getLogger(__name__)
 
 RECEIVE_RETRY_SECS = 1.0
 POSITION_CHECK_SECS = 5.0
+# The periodic work (position checks, presence refreshes) is done a slice at a time, each
+# channel or connection once per round: one round trip for thousands of personal channels held
+# the event loop for hundreds of milliseconds, every delivery waiting behind it (issue 17).
+SLICES = 20
+
+
+def slot_of(name: str) -> int:
+    """Which slice of the periodic work a channel or connection is in."""
+    return zlib.crc32(name.encode()) % SLICES
+
+
 HISTORY_READ_LIMIT = 10_000
 # How long frames that arrived ahead of a gap wait for the earlier ones before history is read.
 # Concurrent publishes get their offsets in one order and may reach the channel layer in
@@ -78,6 +91,10 @@ class _Channel:
     held: list[tuple[int, list[str]]] = field(default_factory=list)
     gap_timer: asyncio.Task[None] | None = None
     retired: list[str] = field(default_factory=list)  # earlier epochs, most recent last
+    slot: int = -1  # its slice of the position checks
+
+    def __post_init__(self) -> None:
+        self.slot = slot_of(self.channel)
 
     def group_joined(self) -> bool:
         """Whether this process is in the channel's layer group (its join succeeded)."""
@@ -328,9 +345,9 @@ class Hub:
         if self._position_task is None or self._position_task.done():
             self._position_task = asyncio.get_running_loop().create_task(self._check_positions_logged())
 
-    async def _check_positions_logged(self) -> None:
+    async def _check_positions_logged(self, slot: int | None = None) -> None:
         try:
-            await self.check_positions()
+            await self.check_positions(slot)
         except Exception as exc:  # noqa: BLE001 - Redis away again: the position loop tries later
             logger.warning("position check failed: %s", exc)
             metrics.inc("notifier_redis_errors", operation="position_check")
@@ -484,19 +501,24 @@ class Hub:
             conn.deliver_subscribed(channel, position, False)
 
     async def _position_loop(self) -> None:
-        while True:
-            await asyncio.sleep(POSITION_CHECK_SECS)
-            await self._check_positions_logged()
+        for tick in itertools.count():
+            await asyncio.sleep(POSITION_CHECK_SECS / SLICES)
+            await self._check_positions_logged(tick % SLICES)
 
-    async def check_positions(self) -> None:
+    async def check_positions(self, slot: int | None = None) -> None:
         """Deliver events whose live message was lost and that no later event revealed.
 
-        One round trip reads every joined channel's latest position; only channels that are
-        behind (or whose history restarted under a new epoch) read history. History that went
-        backwards (written under another Redis master, or behind what was delivered here) is
-        moved to a new epoch first, and the subscribers are told.
+        One round trip reads the latest position of every joined channel (of one slice, with
+        `slot`: the loop checks each slice in turn, every channel once per POSITION_CHECK_SECS);
+        only channels that are behind (or whose history restarted under a new epoch) read
+        history. History that went backwards (written under another Redis master, or behind
+        what was delivered here) is moved to a new epoch first, and the subscribers are told.
         """
-        delivered = [(channel, _position(state)) for channel, state in self._channels.items() if state.last is not None]
+        delivered = [
+            (channel, _position(state))
+            for channel, state in self._channels.items()
+            if state.last is not None and (slot is None or state.slot == slot)
+        ]
         if not delivered:
             return
         positions = await self.history.check(delivered)
@@ -515,16 +537,20 @@ class Hub:
                 self._release_held(state)
 
     async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_secs)
-            self.heartbeat()
+        for tick in itertools.count():
+            await asyncio.sleep(self.heartbeat_secs / SLICES)
+            self.heartbeat(tick % SLICES)
 
-    def heartbeat(self) -> None:
-        """Ping every socket; close those silent for two intervals, or whose token ran out."""
+    def heartbeat(self, slot: int | None = None) -> None:
+        """Ping every socket (of one slice, with `slot`: the loop pings each socket once per
+        interval, and so their pongs come spread out); close those silent for two intervals, or
+        whose token ran out."""
         deadline = 2 * self.heartbeat_secs
         now = time.time()
         grace = notifier_settings.TOKEN_GRACE_SECS
         for conn in list(self.connections):
+            if slot is not None and slot_of(conn.id) != slot:
+                continue
             if conn.clock() - conn.last_seen > deadline:
                 conn.close(CloseCode.HEARTBEAT_MISSED)
             elif conn.expires_at is not None and now > conn.expires_at + grace:
@@ -536,13 +562,16 @@ class Hub:
 
     async def _presence_loop(self) -> None:
         """Keep this process's presence, per-user connection and per-channel entries from
-        expiring."""
-        while True:
-            await asyncio.sleep(max(1.0, notifier_settings.PRESENCE_TTL_SECS / 3))
+        expiring: a slice at a time, each entry every PRESENCE_TTL_SECS / 3."""
+        for tick in itertools.count():
+            await asyncio.sleep(max(1.0, notifier_settings.PRESENCE_TTL_SECS / 3) / SLICES)
+            slot = tick % SLICES
             if self.occupancy is not None:
-                self.occupancy.refresh([ch for ch, state in self._channels.items() if state.group_joined()])
-            entries = [(ch, c.user or "", c.id) for c in self.connections for ch in c.presence_channels]
-            users = [(c.user, c.id) for c in self.connections if c.user is not None]
+                joined = [ch for ch, state in self._channels.items() if state.slot == slot and state.group_joined()]
+                self.occupancy.refresh(joined)
+            due = [c for c in self.connections if slot_of(c.id) == slot]
+            entries = [(ch, c.user or "", c.id) for c in due for ch in c.presence_channels]
+            users = [(c.user, c.id) for c in due if c.user is not None]
             try:
                 await get_presence().refresh(entries)
                 await rosters.user_connections().refresh(users)

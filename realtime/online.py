@@ -97,7 +97,8 @@ class Occupancy:
         self._ops.put_nowait(("leave", (channel,)))
 
     def refresh(self, joined: Sequence[str]) -> None:
-        """Keep the counted channels alive; count those joined before anyone wanted them."""
+        """Keep those of `joined` that are counted alive (the hub passes each joined channel
+        once per round); count the others, joined before anyone wanted them."""
         self._ops.put_nowait(("refresh", joined))
 
     async def run(self) -> None:
@@ -121,7 +122,7 @@ class Occupancy:
                     _check_later(roster, channel, "channel.vacated", {"channel": channel})
             return
         if op == "refresh":
-            await roster.refresh([(channel, self.process) for channel in self._counted])
+            await roster.refresh([(channel, self.process) for channel in channels if channel in self._counted])
         if not await self._wanted():
             return
         for channel in channels:

@@ -17,7 +17,7 @@ from realtime.codes import CloseCode
 from realtime.connection import OUTBOX_MAX_FRAMES, Connection
 from realtime.frames import event_template
 from realtime.history import Append, MemoryHistory, Position, new_epoch
-from realtime.hub import Hub
+from realtime.hub import SLICES, Hub, slot_of
 
 
 class Socket:
@@ -225,6 +225,20 @@ async def test_heartbeat_pings_and_closes_silent_sockets(hub: Hub) -> None:
     await settle()
     assert quiet.sent[-1] == {"type": "websocket.close", "code": CloseCode.HEARTBEAT_MISSED}
     assert [m["text"] for m in lively.sent] == ['{"type":"ping"}', '{"type":"ping"}']
+
+
+async def test_the_heartbeat_loop_pings_each_socket_once_per_round_a_slice_at_a_time(hub: Hub) -> None:
+    sockets = [Socket() for _ in range(60)]
+    conns = [Connection(socket) for socket in sockets]
+    for conn in conns:
+        await hub.add_connection(conn)
+    for slot in range(SLICES):
+        hub.heartbeat(slot)
+        pinged = [conn for conn, socket in zip(conns, sockets, strict=True) if socket.sent]
+        assert {slot_of(conn.id) for conn in pinged} <= set(range(slot + 1))  # only the slices so far
+    await settle()
+    assert all([m["text"] for m in socket.sent] == ['{"type":"ping"}'] for socket in sockets)  # each once
+    assert len({slot_of(conn.id) for conn in conns}) > 1  # the round is spread
 
 
 async def test_a_socket_that_stops_reading_is_closed_as_too_slow() -> None:
