@@ -471,6 +471,25 @@ class Bench:
                 base |= {"post": f"{server.http}/api/notify", "key": self.key, "secret": secret}
                 results[kind, "rate"] = self.loadgen({**base, "rate": rate}, watch=[server])
                 results[kind, "closed"] = self.loadgen({**base, "window": 32}, watch=[server])
+        raw_connect = users / max(results["raw", "rate"]["connect_seconds"], 1e-9)
+        for kind, how in (("raw", "?user=, no token"), ("notifier", "a connection token, then a subscribe")):
+            connected = results[kind, "rate"]
+            per_sec = users / max(connected["connect_seconds"], 1e-9)
+            errors = connected["connect_errors"]
+            self.add(
+                Row(
+                    "personal",
+                    f"{'notifier (uvicorn)' if kind == 'notifier' else 'raw ASGI'}, connect {users:,} sockets"
+                    f" ({how}), 200 at a time",
+                    fmt(per_sec, "sockets/s"),
+                    (f"{per_sec / raw_connect:.2f}x raw (target >= 0.8x); " if kind == "notifier" else "")
+                    + f"{errors} failed",
+                    None,
+                    None,
+                    target_met=(per_sec >= 0.8 * raw_connect and not errors) if kind == "notifier" else None,
+                    data={"connect_seconds": connected["connect_seconds"], "connect_errors": errors},
+                )
+            )
         for kind in ("raw", "notifier"):
             fixed, closed = results[kind, "rate"], results[kind, "closed"]
             lat, raw_lat = fixed["latency"], results["raw", "rate"]["latency"]
