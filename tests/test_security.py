@@ -527,3 +527,20 @@ def test_token_minting_answers_every_refusal_with_its_code(
     assert (answer[1].get("code", "") if status != 201 else "") == code, answer
     if status == 201:
         assert jwt.decode(answer[1]["token"], options={"verify_signature": False})["sub"] == "42"
+
+
+def test_tokens_are_minted_while_redis_is_down(service_db: str, workdir: Path, tmp_path: Path) -> None:
+    """Minting needs only the key, read from the database as the DRF door did, when the key
+    cache cannot ask Redis."""
+    redis_server = RedisServer(tmp_path)
+    server = Server(service_env(redis_server.url, service_db), workdir, kind="uvicorn")
+    try:
+        key = make_key(service_db, "--scope", "tokens")
+        assert post_json(f"{server.http}/api/tokens", {"user": "42"}, key)[0] == 201
+        redis_server.stop()
+        status, minted = post_json(f"{server.http}/api/tokens", {"user": "43"}, key)
+        assert status == 201 and jwt.decode(minted["token"], options={"verify_signature": False})["sub"] == "43"
+        assert post_json(f"{server.http}/api/tokens", {"user": "43"}, "nk_not-a-key")[0] == 401
+    finally:
+        server.stop()
+        redis_server.stop()
