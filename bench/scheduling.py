@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import websockets
 
+from realtime.events import rfc3339
+
 from .inbox import postgres_database
 from .services import BenchError, Worker, manage, post_json, service_env
 
@@ -35,8 +37,8 @@ CHANNELS = 10
 AHEAD_SECS = 2.0
 
 
-def _rfc3339(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
+def _rfc3339(moment: float) -> str | None:
+    return rfc3339(datetime.fromtimestamp(moment, UTC))
 
 
 class Receiver:

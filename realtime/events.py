@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -83,3 +84,8 @@ os.register_at_fork(after_in_child=_random.forget)
 
 def now() -> float:
     return time.time()
+
+
+def rfc3339(moment: datetime | None) -> str | None:
+    """An aware date and time as the API answers it: RFC 3339 in UTC, with "Z"."""
+    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

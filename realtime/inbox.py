@@ -30,6 +30,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from .conf import notifier_settings
+from .events import rfc3339
 from .models import InboxCounter, InboxPreference, Notification
 
 P = ParamSpec("P")
@@ -71,10 +72,10 @@ def as_json(row: Notification) -> dict[str, Any]:
         "data": row.data,
         "category": row.category,
         "channel": row.channel,
-        "created_at": _time(row.created_at),
-        "read_at": _time(row.read_at),
-        "seen_at": _time(row.seen_at),
-        "archived_at": _time(row.archived_at),
+        "created_at": rfc3339(row.created_at),
+        "read_at": rfc3339(row.read_at),
+        "seen_at": rfc3339(row.seen_at),
+        "archived_at": rfc3339(row.archived_at),
     }
 
 
@@ -509,10 +510,6 @@ def _filtered(rows: QuerySet[Notification], status: str | None, category: str | 
     if category is not None:
         rows = rows.filter(category=category)
     return rows
-
-
-def _time(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
 def _in_database_thread(func: Callable[P, T], thread_sensitive: bool = True) -> Callable[P, Awaitable[T]]:

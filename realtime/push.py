@@ -31,7 +31,7 @@ from pywebpush import WebPusher
 
 from . import background, leases, metrics, outbound, rosters, vapid, webhooks
 from .bridge import run_sync
-from .events import dumps
+from .events import dumps, rfc3339
 from .models import InboxPreference, PushDelivery, PushSubscription
 
 logger = logging.getLogger(__name__)
@@ -130,10 +130,7 @@ def _check_keys(p256dh: str, auth: str) -> None:
 
 def subscriptions_of(user: str) -> list[dict[str, Any]]:
     found = PushSubscription.objects.filter(user=user).order_by("id")
-    return [
-        {"id": s.pk, "endpoint": s.endpoint, "created_at": s.created_at.isoformat().replace("+00:00", "Z")}
-        for s in found
-    ]
+    return [{"id": s.pk, "endpoint": s.endpoint, "created_at": rfc3339(s.created_at)} for s in found]
 
 
 def unregister(user: str, subscription_id: int) -> bool:

@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import DatabaseError, IntegrityError, transaction
@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 
 from .bridge import in_thread, run_sync
 from .conf import notifier_settings
-from .events import dumps, new_event_id
+from .events import dumps, new_event_id, rfc3339
 from .models import ScheduledEvent
 from .publish import (
     NotReplicated,
@@ -65,10 +65,6 @@ class Later:
 
     deliver_at: datetime | None = None
     digest: Digest | None = None
-
-
-def rfc3339(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 # Holding a publish

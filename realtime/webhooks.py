@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import requests
@@ -27,7 +27,7 @@ from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
 from . import background, leases, metrics, outbound
-from .events import dumps, random_hex
+from .events import dumps, random_hex, rfc3339
 from .models import WebhookDelivery, WebhookEndpoint
 
 logger = logging.getLogger(__name__)
@@ -63,9 +63,9 @@ def describe(endpoint: WebhookEndpoint) -> dict[str, Any]:
         "id": endpoint.pk,
         "url": endpoint.url,
         "events": list(endpoint.events),
-        "created_at": _time(endpoint.created_at),
+        "created_at": rfc3339(endpoint.created_at),
         "disabled": endpoint.disabled_at is not None,
-        "failing_since": _time(endpoint.failing_since),
+        "failing_since": rfc3339(endpoint.failing_since),
     }
 
 
@@ -141,7 +141,7 @@ def emit(type: str, data: dict[str, Any]) -> list[int]:  # noqa: A002 - the cont
     if not endpoints:
         return []
     now = timezone.now()
-    body = {"type": type, "timestamp": _time(now), "data": data}
+    body = {"type": type, "timestamp": rfc3339(now), "data": data}
     rows = WebhookDelivery.objects.bulk_create(
         WebhookDelivery(
             endpoint=endpoint,
@@ -253,7 +253,3 @@ def _counted(outcome: Outcome) -> Outcome:
 def due(grace_secs: float, limit: int = 1000) -> list[int]:
     """Deliveries whose task may have been lost (`leases.lost`)."""
     return leases.lost(WebhookDelivery, grace_secs, limit)
-
-
-def _time(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
