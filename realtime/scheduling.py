@@ -4,7 +4,7 @@ digests that collect the publishes of one key and target for a window into one e
 Both are rows in the database (`ScheduledEvent`), not broker messages: Celery's `eta` with the
 Redis broker delivers a task twice once it waits longer than the visibility timeout, and keeps
 prefetched ones in worker memory. `dispatch` (Celery beat runs it every NOTIFIER_DISPATCH_SECS;
-the embedded mode runs it in a thread of the server) takes due rows with `SELECT … FOR UPDATE
+the embedded mode runs it on the server's event loop) takes due rows with `SELECT … FOR UPDATE
 SKIP LOCKED` and a lease, so dispatchers racing each other never take one row twice, and
 publishes each through `apublish_many` with the row's event id as idempotency key: a dispatcher
 killed before it marked a row delivered leaves it to another once the lease ends, whose publish
@@ -22,10 +22,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import F, QuerySet
 from django.utils import timezone
 from redis.exceptions import RedisError
 
+from . import leases
 from .bridge import in_thread, run_sync
 from .conf import notifier_settings
 from .events import dumps, new_event_id, rfc3339
@@ -259,10 +260,7 @@ def _take_due(limit: int) -> list[ScheduledEvent]:
     with transaction.atomic():
         rows = list(
             ScheduledEvent.objects.select_for_update(skip_locked=True)
-            .filter(
-                Q(status=ScheduledEvent.PENDING, next_attempt_at__lte=now)
-                | Q(status=ScheduledEvent.SENDING, lease_until__lt=now)
-            )
+            .filter(leases.takeable(now))
             .order_by("next_attempt_at", "pk")[:limit]
         )
         ScheduledEvent.objects.filter(pk__in=[row.pk for row in rows]).update(
