@@ -91,7 +91,7 @@ class _Channel:
     held: list[tuple[int, list[str]]] = field(default_factory=list)
     gap_timer: asyncio.Task[None] | None = None
     retired: list[str] = field(default_factory=list)  # earlier epochs, most recent last
-    slot: int = -1  # its slice of the position checks
+    slot: int = field(init=False)  # its slice of the position checks
 
     def __post_init__(self) -> None:
         self.slot = slot_of(self.channel)
