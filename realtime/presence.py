@@ -19,6 +19,7 @@ from typing import Protocol
 
 from .conf import notifier_settings
 from .redis import get_redis
+from .rosters import live_entries
 
 Entry = tuple[str, str, str]  # (channel, user, connection id)
 
@@ -135,11 +136,7 @@ class MemoryPresenceStore:
         self._markers: dict[tuple[str, str], float] = {}
 
     def _live(self, key: str) -> dict[str, float]:
-        entries = self._sets.setdefault(key, {})
-        now = self.clock()
-        for member in [m for m, expiry in entries.items() if expiry <= now]:
-            del entries[member]
-        return entries
+        return live_entries(self._sets, key, self.clock())
 
     def _marker_live(self, channel: str, user: str) -> bool:
         return self._markers.get((channel, user), 0) > self.clock()

@@ -162,6 +162,14 @@ class RedisRoster:
         return {name for name, n in zip(names, live, strict=True) if n}
 
 
+def live_entries(sets: dict[str, dict[str, float]], key: str, now: float) -> dict[str, float]:
+    """The in-process stores' sorted set `key` (member -> expiry), its expired members dropped."""
+    entries = sets.setdefault(key, {})
+    for member in [m for m, expiry in entries.items() if expiry <= now]:
+        del entries[member]
+    return entries
+
+
 class MemoryRoster:
     """The same semantics in process memory, for the embedded mode (one process: nothing is
     ever `gone`)."""
@@ -173,11 +181,7 @@ class MemoryRoster:
         self._told: set[str] = set()  # names told held, not yet told emptied
 
     def _live(self, name: str) -> dict[str, float]:
-        holders = self._holders.setdefault(name, {})
-        now = self.clock()
-        for holder in [h for h, expiry in holders.items() if expiry <= now]:
-            del holders[holder]
-        return holders
+        return live_entries(self._holders, name, self.clock())
 
     async def add(self, name: str, holder: str, limit: int = 0) -> int:
         holders = self._live(name)
