@@ -9,6 +9,8 @@ bench/loadgen/, all on 127.0.0.1; prints one table. See docs/benchmarks.md.
     .venv/bin/python bench/run.py --only fanout,latency --subscribers 1000
     make bench BENCH=fanout SUBSCRIBERS=1000           # the same through make
 
+Profiles: `--profile DIR` records py-spy stacks of each loaded server; `bench/profile.py` sums them.
+
 Scenarios: ceiling (the load generator against a minimal Node ws server), fanout (raw ASGI
 vs notifier), scaling (1 and 2 server processes), latency, memory, publish (the HTTP API),
 celery, recovery, servers (Daphne and Uvicorn's WebSocket backends, compression off/on).
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.services import (  # noqa: E402
+    BIN,
     BenchError,
     LoadGen,
     Redis,
@@ -121,10 +125,12 @@ def fmt(value: float, unit: str = "") -> str:
 
 
 class Bench:
-    def __init__(self, scale: Scale, workdir: Path, smoke: bool) -> None:
+    def __init__(self, scale: Scale, workdir: Path, smoke: bool, profile: Path | None = None) -> None:
         self.scale = scale
         self.workdir = workdir
         self.smoke = smoke
+        self.profile = profile
+        self._profiles = 0
         self.rows: list[Row] = []
         self.redis = Redis(workdir)
         self.db = workdir / "bench.sqlite3"
@@ -173,7 +179,8 @@ class Bench:
             if ready.get("connect_errors"):
                 print(f"  ! {ready['connect_errors']} connections failed", file=sys.stderr)
             before = [(p.cpu_seconds(), time.monotonic()) for p in watch or []]
-            result = gen.result()
+            with self.profiled(watch or [], config):
+                result = gen.result()
             after = [(p.cpu_seconds(), time.monotonic()) for p in watch or []]
         finally:
             gen.kill()
@@ -184,6 +191,30 @@ class Bench:
                 round(100 * (c1 - c0) / max(1e-9, t1 - t0)) for (c0, t0), (c1, t1) in zip(before, after, strict=True)
             ]
         return result
+
+    @contextmanager
+    def profiled(self, servers: list[Server], config: dict[str, Any]) -> Iterator[None]:
+        """With --profile, py-spy samples each watched server while the load runs: one
+        collapsed-stack file per server and load, summarised by bench/profile.py. Sampling pauses
+        the server (`--nonblocking` gave torn stacks), so a profiled run's figures are not quoted."""
+        if not self.profile or not servers:
+            yield
+            return
+        spies = []
+        for server in servers:
+            self._profiles += 1
+            label = f"{self._profiles:02d}-{server.kind}-{config.get('mode')}-{config.get('kind', '')}"
+            out = self.profile / f"{label}.txt"
+            argv = [str(BIN / "py-spy"), "record", "--pid", str(server.pid), "--rate", "200", "--format", "raw"]
+            argv += ["--output", str(out)]
+            spies.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL))  # noqa: S603 - our own argv
+        try:
+            yield
+        finally:
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)
+            for spy in spies:
+                spy.wait(timeout=60)
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
@@ -842,6 +873,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--repeat", type=int, default=int(os.environ.get("REPEAT") or 1), help="interleaved fan-out runs"
     )
     parser.add_argument("--json", default=os.environ.get("BENCH_JSON", ""), help="also write the rows as JSON here")
+    parser.add_argument(
+        "--profile", default=os.environ.get("BENCH_PROFILE", ""), help="py-spy each loaded server; stacks go here"
+    )
     return parser.parse_args(argv)
 
 
@@ -868,7 +902,10 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="notifier-bench-"))
     print(f"notifier bench: {'smoke' if args.smoke else 'full'} run, scenarios {','.join(only)}; logs in {workdir}")
     started = time.monotonic()
-    bench = Bench(scale, workdir, args.smoke)
+    profile = Path(args.profile).resolve() if args.profile else None
+    if profile:
+        profile.mkdir(parents=True, exist_ok=True)
+    bench = Bench(scale, workdir, args.smoke, profile)
     failures: list[str] = []
     try:
         for name in SCENARIOS:

@@ -261,6 +261,7 @@ else:
             # with a reader that reconnects fast after a failover (realtime/broker.py).
             "BACKEND": "realtime.broker.PubSubLayer",
             "CONFIG": {
+                "history_redis": True,  # history's Redis: its append script publishes (realtime/broker.py)
                 "hosts": [
                     {
                         # channels-redis asks the Sentinels for the master given these keys.

@@ -44,12 +44,13 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 from channels_redis import pubsub
+from channels_redis.serializers import MsgPackSerializer
 from channels_redis.utils import _wrap_close
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from . import frames, metrics
 from .channels import group_of
-from .history import Append, Stored
+from .history import Append, SendFrom, Stored
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,16 @@ class _LoopLayer(pubsub.RedisPubSubLoopLayer):
 
 
 class PubSubLayer(pubsub.RedisPubSubChannelLayer):
-    """CHANNEL_LAYERS' backend in production: channels_redis.pubsub with the reader above."""
+    """CHANNEL_LAYERS' backend in production: channels_redis.pubsub with the reader above.
+
+    `history_redis: True` in its CONFIG (notifier/settings.py sets it) says its one host is the
+    Redis history lives in: then history's append script publishes the frames it stores itself
+    (`script_send`).
+    """
+
+    def __init__(self, *args: Any, history_redis: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.history_redis = history_redis
 
     def _get_layer(self) -> _LoopLayer:
         loop = asyncio.get_running_loop()
@@ -112,6 +122,24 @@ class PubSubLayer(pubsub.RedisPubSubChannelLayer):
 # -- sending ---------------------------------------------------------------------------------
 
 Message = tuple[str, dict[str, Any]]  # (group, message)
+
+
+def script_send(layer: Any) -> SendFrom | None:
+    """How history's append script may PUBLISH the frames it stores, as `group_send` would, or
+    None when they must go through `send_events`.
+
+    In the script, a publish is one round trip instead of two, no PUBLISH waits on the layer's
+    lock, and no event is ever stored but not sent, nor sent out of offset order. That needs our
+    layer on the history's Redis with one host, and channels-redis's plain msgpack serializer
+    (no encryption, no prefix), whose bytes Redis's cmsgpack writes the same way
+    (tests/test_broker.py holds the two to each other).
+    """
+    if not isinstance(layer, PubSubLayer) or not layer.history_redis or len(layer._kwargs.get("hosts") or []) != 1:
+        return None
+    serializer = layer._serializer
+    if type(serializer) is not MsgPackSerializer or serializer.crypter or serializer.random_prefix_length:
+        return None
+    return SendFrom(f"{layer._kwargs.get('prefix', 'asgi')}__group__", EVENT, MESSAGE_BYTES)
 
 
 async def send_events(layer: Any, items: Sequence[Append], stored: Sequence[Stored]) -> None:

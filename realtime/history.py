@@ -32,6 +32,7 @@ from typing import Protocol
 from django.core.exceptions import ImproperlyConfigured
 
 from . import events, rewinds
+from .channels import group_of
 from .conf import notifier_settings
 from .frames import FrameTemplate
 from .redis import LuaScript, Replicas, get_redis
@@ -55,6 +56,17 @@ class Append:
 
 
 @dataclass(frozen=True)
+class SendFrom:
+    """The append script also PUBLISHes what it stored (realtime/broker.py `script_send`): to
+    `prefix` + the channel's group, as the channel layer's `message_type` messages (msgpack),
+    each holding consecutive frames of at most `message_bytes`."""
+
+    prefix: str
+    message_type: str
+    message_bytes: int
+
+
+@dataclass(frozen=True)
 class Stored:
     position: Position
     frame: str
@@ -71,7 +83,7 @@ class Slice:
 
 
 class History(Protocol):
-    async def append(self, items: Sequence[Append]) -> list[Stored]: ...
+    async def append(self, items: Sequence[Append], send: SendFrom | None = None) -> list[Stored]: ...
 
     async def read(self, channel: str, after: int, limit: int) -> Slice: ...
 
@@ -129,10 +141,12 @@ local master = type(info) == 'string' and string.match(info, 'master_replid:(%x+
 
 # One call appends a channel's frames of one publish (or batch): they get consecutive offsets.
 # KEYS: the meta hash, the log stream. ARGV: a new epoch (used if history is gone or was written
-# under another master), max length, TTL, the frame head (the same for every event of a
-# channel), then one frame tail per event. Returns {first offset, epoch, 1 if it moved the epoch
-# because another master wrote the history, the current master}. Meta written before masters
-# were recorded adopts the current one.
+# under another master), max length, TTL; the pub/sub channel to PUBLISH the frames on ("": not
+# here), the channel, the most frame bytes per message, the message type; the frame head (the
+# same for every event of a channel), then one frame tail per event. Returns {first offset,
+# epoch, 1 if it moved the epoch because another master wrote the history, the current master}.
+# Meta written before masters were recorded adopts the current one. The messages are what
+# channels-redis's msgpack serializer makes of broker.event_messages' dicts.
 _APPEND = LuaScript(
     _THIS_MASTER
     + """
@@ -148,12 +162,30 @@ if not epoch then
 elseif not meta[2] then
   redis.call('HSET', KEYS[1], 'master', master)
 end
-local count = #ARGV - 4
+local count = #ARGV - 8
 local first = redis.call('HINCRBY', KEYS[1], 'offset', count) - count + 1
 local middle = ',"epoch":"' .. epoch .. '"'
+local target, limit = ARGV[4], tonumber(ARGV[6])
+local run, run_first, run_bytes = {}, first, 0
+local function send()
+  local message = {type = ARGV[7], channel = ARGV[5], offset = run_first, epoch = epoch, frames = run}
+  redis.call('PUBLISH', target, cmsgpack.pack(message))
+end
 for i = 1, count do
   local offset = first + i - 1
-  redis.call('XADD', KEYS[2], offset .. '-0', 'f', ARGV[4] .. offset .. middle .. ARGV[4 + i])
+  local frame = ARGV[8] .. offset .. middle .. ARGV[8 + i]
+  redis.call('XADD', KEYS[2], offset .. '-0', 'f', frame)
+  if target ~= '' then
+    if #run > 0 and run_bytes + #frame > limit then
+      send()
+      run, run_first, run_bytes = {}, offset, 0
+    end
+    run[#run + 1] = frame
+    run_bytes = run_bytes + #frame
+  end
+end
+if target ~= '' then
+  send()
 end
 redis.call('XTRIM', KEYS[2], 'MAXLEN', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -202,8 +234,9 @@ class RedisHistory:
     async def erase(self, channel: str) -> None:
         await get_redis().delete(*self._keys(channel))
 
-    async def append(self, items: Sequence[Append]) -> list[Stored]:
+    async def append(self, items: Sequence[Append], send: SendFrom | None = None) -> list[Stored]:
         """One script call per channel, all in one round trip; a channel's items keep their order.
+        With `send`, the same calls PUBLISH the frames to the channels' layer groups.
         With NOTIFIER_REPLICA_ACKS, WAIT follows in the same round trip; NotReplicated (holding
         what was stored) when too few replicas acknowledged in time."""
         by_channel: dict[str, list[int]] = {}
@@ -213,7 +246,11 @@ class RedisHistory:
         for channel, indexes in by_channel.items():
             first = items[indexes[0]]
             tails = [items[i].template.tail for i in indexes]
-            calls.append((self._keys(channel), [new_epoch(), first.size, first.ttl_secs, first.template.head, *tails]))
+            target = ["", channel, 0, ""]
+            if send is not None:
+                target = [send.prefix + group_of(channel), channel, send.message_bytes, send.message_type]
+            args = [new_epoch(), first.size, first.ttl_secs, *target, first.template.head, *tails]
+            calls.append((self._keys(channel), args))
         replicas = Replicas.required()
         results, acked = await _APPEND.run_many_replicated(calls, replicas)
         stored: list[Stored | None] = [None] * len(items)
@@ -316,7 +353,8 @@ class MemoryHistory:
             return None
         return log
 
-    async def append(self, items: Sequence[Append]) -> list[Stored]:
+    async def append(self, items: Sequence[Append], send: SendFrom | None = None) -> list[Stored]:
+        assert send is None, "in-process history sends nothing: the in-memory layer has no script"
         stored = []
         for item in items:
             log = self._live_log(item.channel)

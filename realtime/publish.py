@@ -495,7 +495,9 @@ async def _store_and_send(
     events: list[_Prepared], stored_results: list[PublishResult] | None = None
 ) -> list[PublishResult]:
     """Store events (one history round trip for all) and send them to their channels' groups:
-    one message per channel carrying its frames in offset order, all in one round trip.
+    one message per channel carrying its frames in offset order. On the production layer the
+    history script sends them itself, in the same round trip (broker.script_send); otherwise
+    the messages follow in one more.
 
     Inbox rows are committed first, in one transaction; each of their users then gets one
     `inbox.changed` event, stored and sent after the events in the same round trips. When
@@ -507,9 +509,11 @@ async def _store_and_send(
     rows, changes = await _store_rows(rows) if rows else ([], [])
     kept = {(row.user, row.event_id) for row in rows}
     items = [item for event in [*events, *changes] for item in event.items]
+    layer = get_channel_layer()
+    send = broker.script_send(layer)  # None: sent below, after the store
     replicated = True
     try:
-        stored = await get_history().append(items)
+        stored = await get_history().append(items, send)
     except history.NotReplicated as exc:  # stored on the master: sent below, but not acknowledged
         logger.warning("publish not replicated in time: %s", exc)
         metrics.inc("notifier_redis_errors", operation="replica_ack")
@@ -536,7 +540,8 @@ async def _store_and_send(
         if event.push is not None:
             webpush.queue(event.event_id, event.push)
     try:
-        await broker.send_events(get_channel_layer(), items, stored)
+        if send is None:
+            await broker.send_events(layer, items, stored)
     except (RedisError, OSError) as exc:
         logger.warning("publish stored but not sent: %s: %s", type(exc).__name__, exc)
         metrics.inc("notifier_redis_errors", operation="publish")
