@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from .conf import notifier_settings
-from .redis import get_redis
+from .redis import get_redis, score_members
 from .rosters import live_entries
 
 Entry = tuple[str, str, str]  # (channel, user, connection id)
@@ -109,14 +109,8 @@ class RedisPresenceStore:
         return _count(entry.decode() if isinstance(entry, bytes) else entry for entry in entries)
 
     async def refresh(self, entries: Sequence[Entry]) -> None:
-        if not entries:
-            return
-        expiry, ttl = time.time() + _ttl(), _ttl() * 2
-        async with get_redis().pipeline(transaction=False) as pipe:
-            for channel, user, conn_id in entries:
-                pipe.zadd(self._set(channel), {f"{user}|{conn_id}": expiry})
-                pipe.expire(self._set(channel), ttl)
-            await pipe.execute()
+        members = [(self._set(channel), f"{user}|{conn_id}") for channel, user, conn_id in entries]
+        await score_members(members, [], time.time() + _ttl(), _ttl() * 2)
 
 
 def _count(entries: object) -> dict[str, int]:

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from .conf import notifier_settings
-from .redis import get_redis
+from .redis import get_redis, score_members
 
 # What `add` answers.
 REFUSED, ADDED, BECAME_HELD = 0, 1, 2
@@ -138,20 +138,9 @@ class RedisRoster:
         return gone
 
     async def refresh(self, held: Sequence[tuple[str, str]]) -> None:
-        if not held:
-            return
-        async with get_redis().pipeline(transaction=False) as pipe:
-            self.refresh_into(pipe, held)
-            await pipe.execute()
-
-    def refresh_into(self, pipe: Any, held: Sequence[tuple[str, str]]) -> None:
-        """Queue the refresh on a pipeline another refresh is using (one round trip for both)."""
-        expiry, ttl = time.time() + _ttl(), _ttl() * 2
-        for name, holder in held:
-            pipe.zadd(self._holders + name, {holder: expiry})
-            pipe.expire(self._holders + name, ttl)
-        if held:
-            pipe.zadd(self._registry, {name: expiry for name, _ in held})
+        holders = [(self._holders + name, holder) for name, holder in held]
+        registry = [(self._registry, name) for name in dict.fromkeys(name for name, _ in held)]
+        await score_members(holders, registry, time.time() + _ttl(), _ttl() * 2)
 
     async def held(self, names: Sequence[str]) -> set[str]:
         now = time.time()

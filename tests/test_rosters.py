@@ -5,11 +5,13 @@ for the embedded mode, held to the same answers."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from realtime.redis import get_redis
 from realtime.rosters import ADDED, BECAME_HELD, REFUSED, MemoryRoster, RedisRoster, Roster
 
 from .support import RedisServer
@@ -68,3 +70,23 @@ async def test_names_whose_holders_stopped_refreshing_are_gone_once(redis_settin
     assert await roster.gone(100) == []
     assert await roster.held(["dead", "alive"]) == {"alive"}
     assert await roster.went_empty("leaving") is True
+
+
+async def test_a_refresh_of_thousands_of_holders_scores_each_and_leaves_the_registry_unexpiring(
+    redis_settings: None,
+) -> None:
+    """More entries than one script call takes (redis.KEYS_PER_SCRIPT_CALL): every holder is
+    refreshed, its set expires, the registry does not."""
+    prefix = f"test{uuid.uuid4().hex[:6]}"
+    roster = RedisRoster(prefix, "h", "e", "registry")
+    held = [(f"n{i % 700}", f"h{i}") for i in range(1_200)]
+    before = time.time()
+    await roster.refresh(held)
+    redis = get_redis()
+    for name in ("n0", "n499", "n699"):
+        members = await redis.zrange(f"{prefix}:h:{name}", 0, -1, withscores=True)
+        assert {m.decode() for m, _ in members} == {h for n, h in held if n == name}
+        assert all(score >= before + 1 for _, score in members)  # PRESENCE_TTL_SECS = 1
+        assert await redis.ttl(f"{prefix}:h:{name}") > 0
+    assert await redis.zcard(f"{prefix}:registry") == 700
+    assert await redis.ttl(f"{prefix}:registry") == -1
