@@ -4,6 +4,7 @@ app), WebSocket through the notifier consumer."""
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -21,11 +22,15 @@ from api.fast import FastPublishApp  # noqa: E402
 from api.fast_inbox import FastInboxApp  # noqa: E402
 from api.health import OperationsApp  # noqa: E402
 from realtime import scheduling  # noqa: E402
-from realtime.conf import notifier_settings  # noqa: E402
+from realtime.conf import gc_thresholds, notifier_settings  # noqa: E402
 from realtime.origin import OriginMiddleware  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 from realtime.session import SessionAuthMiddleware  # noqa: E402
 from realtime.sse import ServerSentEventsApp  # noqa: E402
+
+thresholds = gc_thresholds(notifier_settings.GC_THRESHOLDS)
+if thresholds:  # a server process: see realtime/conf.py
+    gc.set_threshold(*thresholds)
 
 django_app = ASGIStaticFilesHandler(django_http) if settings.SERVE_STATIC else django_http
 http_app = URLRouter(

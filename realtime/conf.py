@@ -45,6 +45,11 @@ DEFAULTS: dict[str, Any] = {
     "CLIENT_FRAMES_PER_SEC": 50,
     "CLIENT_PUBLISH_PER_SEC": 5,
     "PUBLISH_RATE_PER_KEY": "1000/s",
+    # The server process's cyclic-GC thresholds (gc.set_threshold), "python" for Python's (700,10,10).
+    # With Python's, a loaded process promoted each request's objects to the oldest generation
+    # within milliseconds, and a full collection of thousands of connections' objects then held
+    # the event loop for 0.2-0.5 s every few seconds (docs/benchmarks.md, issue 17).
+    "GC_THRESHOLDS": "50000,20,100",
     "PRESENCE_TTL_SECS": 30,
     "PRESENCE_LEAVE_DELAY_SECS": 3,
     # A user's last connection gone this long is `presence.offline` (webhooks): a reload is not.
@@ -144,10 +149,22 @@ def check_values(values: Mapping[str, Any]) -> None:
         raise ImproperlyConfigured(  # the socket would time out first: stored events would read as not published
             "NOTIFIER_REPLICA_ACK_TIMEOUT_MS must be below NOTIFIER_REDIS_SOCKET_TIMEOUT_SECS (in ms)"
         )
+    gc_thresholds(values["GC_THRESHOLDS"])
     if values["DISPATCH_SECS"] <= 0 or values["DISPATCH_LEASE_SECS"] <= 0 or values["MAX_SCHEDULE_DAYS"] <= 0:
         raise ImproperlyConfigured(
             "NOTIFIER_DISPATCH_SECS, NOTIFIER_DISPATCH_LEASE_SECS and NOTIFIER_MAX_SCHEDULE_DAYS must be > 0"
         )
+
+
+def gc_thresholds(text: str) -> tuple[int, ...]:
+    """NOTIFIER_GC_THRESHOLDS as gc.set_threshold's arguments; () for Python's own."""
+    try:
+        values = () if text.strip().lower() in ("", "python") else tuple(int(part) for part in text.split(","))
+    except ValueError:
+        values = (-1,)
+    if len(values) > 3 or any(value < 1 for value in values):
+        raise ImproperlyConfigured(f"NOTIFIER_GC_THRESHOLDS={text!r}: up to three integers >= 1, or python")
+    return values
 
 
 class NotifierSettings:

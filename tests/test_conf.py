@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from realtime.conf import DEFAULTS, NOT_FROM_ENVIRONMENT, environment_overrides
+from realtime.conf import DEFAULTS, NOT_FROM_ENVIRONMENT, environment_overrides, gc_thresholds
 
 
 def test_every_setting_but_the_built_ones_is_read_from_its_variable() -> None:
@@ -30,3 +30,20 @@ def test_empty_variables_keep_the_default_and_bad_ones_name_themselves() -> None
         environment_overrides({"NOTIFIER_HISTORY_SIZE": "many"})
     with pytest.raises(ImproperlyConfigured, match="NOTIFIER_ALLOW_ANONYMOUS='maybe' is not a boolean"):
         environment_overrides({"NOTIFIER_ALLOW_ANONYMOUS": "maybe"})
+
+
+def test_gc_thresholds_are_up_to_three_positive_integers_or_pythons_own() -> None:
+    assert gc_thresholds(DEFAULTS["GC_THRESHOLDS"]) == (50_000, 20, 100)
+    assert gc_thresholds("python") == gc_thresholds("") == ()
+    assert gc_thresholds(" 2000 ") == (2000,)
+    for bad in ("0", "1,2,3,4", "many", "700,-1"):
+        with pytest.raises(ImproperlyConfigured, match="NOTIFIER_GC_THRESHOLDS"):
+            gc_thresholds(bad)
+
+
+def test_the_server_application_sets_the_gc_thresholds() -> None:
+    import gc
+
+    import notifier.asgi  # noqa: F401 - importing it is what a server process does
+
+    assert gc.get_threshold() == gc_thresholds(DEFAULTS["GC_THRESHOLDS"])
