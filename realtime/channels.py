@@ -99,11 +99,23 @@ def _merge(configured: dict[str, dict[str, Any]]) -> dict[str, NamespacePolicy]:
         if unknown:
             raise ImproperlyConfigured(f"NOTIFIER['NAMESPACES'][{namespace!r}]: unknown keys {sorted(unknown)}")
         merged[namespace] = replace(base, **overrides)
-    from .history import history_limits  # history imports this module
-
     for namespace, policy in merged.items():
         history_limits(f"{namespace}:", policy.history_size, policy.history_ttl_secs)  # raises when invalid
     return merged
+
+
+def history_limits(channel: str, size: int | None, ttl_secs: int | None) -> tuple[int, int]:
+    """A channel's history size and TTL: its namespace's values, the NOTIFIER defaults where
+    those are None. A size of 0 keeps no events (offsets and epochs still count, so recovery
+    says `recovered: false`); a negative size, or a TTL under one second (which would drop
+    history at once, a new epoch every publish), raises ImproperlyConfigured."""
+    size = notifier_settings.HISTORY_SIZE if size is None else size
+    ttl_secs = notifier_settings.HISTORY_TTL_SECS if ttl_secs is None else ttl_secs
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ImproperlyConfigured(f"{channel!r}: history size must be an integer >= 0, not {size!r}")
+    if isinstance(ttl_secs, bool) or not isinstance(ttl_secs, int) or ttl_secs < 1:
+        raise ImproperlyConfigured(f"{channel!r}: history TTL must be an integer >= 1 second, not {ttl_secs!r}")
+    return size, ttl_secs
 
 
 def policy_of(channel: str) -> NamespacePolicy | None:

@@ -29,8 +29,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from django.core.exceptions import ImproperlyConfigured
-
 from . import events, rewinds
 from .channels import group_of
 from .conf import notifier_settings
@@ -106,20 +104,6 @@ class NotReplicated(Exception):
 
 
 MAX_OFFSET = 2**53 - 1  # no channel gets near it; clients' `since` may be anything
-
-
-def history_limits(channel: str, size: int | None, ttl_secs: int | None) -> tuple[int, int]:
-    """A channel's history size and TTL: its namespace's values, the NOTIFIER defaults where
-    those are None. A size of 0 keeps no events (offsets and epochs still count, so recovery
-    says `recovered: false`); a negative size, or a TTL under one second (which would drop
-    history at once, a new epoch every publish), raises ImproperlyConfigured."""
-    size = notifier_settings.HISTORY_SIZE if size is None else size
-    ttl_secs = notifier_settings.HISTORY_TTL_SECS if ttl_secs is None else ttl_secs
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise ImproperlyConfigured(f"{channel!r}: history size must be an integer >= 0, not {size!r}")
-    if isinstance(ttl_secs, bool) or not isinstance(ttl_secs, int) or ttl_secs < 1:
-        raise ImproperlyConfigured(f"{channel!r}: history TTL must be an integer >= 1 second, not {ttl_secs!r}")
-    return size, ttl_secs
 
 
 def new_epoch() -> str:

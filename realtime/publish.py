@@ -24,11 +24,11 @@ from redis.exceptions import RedisError
 from . import broker, history, idempotency, inbox, metrics, vapid
 from . import push as webpush
 from .bridge import run_sync
-from .channels import InvalidChannel, name_in_namespace, personal_channel, policy_of, validate_channel
+from .channels import InvalidChannel, history_limits, name_in_namespace, personal_channel, policy_of, validate_channel
 from .conf import notifier_settings
 from .events import dumps, new_event_id, now
 from .frames import FrameTemplate, event_template
-from .history import Append, Position, get_history, history_limits
+from .history import Append, Position, get_history
 from .redis import Replicas, replicated_now
 
 logger = logging.getLogger(__name__)
