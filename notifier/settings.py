@@ -130,8 +130,11 @@ TEMPLATES = [
     },
 ]
 
-# Connections are kept (and checked before reuse) rather than opened per request: a new
-# PostgreSQL connection costs milliseconds, more than the inbox queries themselves.
+# PostgreSQL connections come from a pool per process (psycopg_pool, Django's "pool" option): under
+# ASGI every request runs in a thread of its own, so Django's persistent connections
+# (CONN_MAX_AGE) would leave one open connection per finished thread until the garbage collector
+# found it, and a burst of requests ran the server out of connections ("too many clients"). A new
+# connection costs milliseconds, more than the inbox queries themselves, so they are reused.
 DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
@@ -139,6 +142,15 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them; Django refuses both
+    # CONN_HEALTH_CHECKS (kept on) makes the pool check a connection before handing it out.
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env_int("DATABASE_POOL_MIN_SIZE", 1),
+        "max_size": env_int("DATABASE_POOL_MAX_SIZE", 10),
+        "max_idle": 60,  # seconds an idle connection above min_size is kept
+        "timeout": env_int("DATABASE_POOL_TIMEOUT_SECS", 10),  # then 503 unavailable
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
