@@ -492,47 +492,60 @@ class Bench:
 
     def personal(self) -> None:
         """The notification shape: one socket per user on their personal channel, each event to
-        one random user, at a fixed rate and as fast as acknowledged; beside the plain app."""
+        one random user, at a fixed rate and as fast as acknowledged; beside the plain app and a
+        Node `ws` server routing the same way (targets are against the plain app)."""
         users, rate, secs = (50, 50, 2.0) if self.smoke else (5000, 500, 20.0)
         secret = "bench-personal-secret-long-enough-for-hs256"  # noqa: S105 - a throwaway local run
         results: dict[tuple[str, str], dict[str, Any]] = {}
-        for kind, server_kind, env in (("raw", "raw", {}), ("notifier", "uvicorn", {"NOTIFIER_JWT_SECRET": secret})):
+        kinds: tuple[tuple[str, str, dict[str, str]], ...] = (
+            ("raw", "raw", {}),
+            ("node", "node-personal", {}),
+            ("notifier", "uvicorn", {"NOTIFIER_JWT_SECRET": secret}),
+        )
+        for kind, server_kind, env in kinds:
             with self.servers(server_kind, 1, **env) as (server,):
                 base = {"mode": "personal", "kind": kind, "users": users, "ws": server.ws, "seconds": secs}
                 base |= {"post": f"{server.http}/api/notify", "key": self.key, "secret": secret}
                 results[kind, "rate"] = self.loadgen({**base, "rate": rate}, watch=[server])
                 results[kind, "closed"] = self.loadgen({**base, "window": 32}, watch=[server])
+                results[kind, "storm"] = self.loadgen({**base, "rate": rate, "storm": True}, watch=[server])
+        labels = {"raw": "raw ASGI", "node": "Node ws", "notifier": "notifier (uvicorn)"}
         raw_connect = users / max(results["raw", "rate"]["connect_seconds"], 1e-9)
-        for kind, how in (("raw", "?user=, no token"), ("notifier", "a connection token, then a subscribe")):
+        hows = {
+            "raw": "?user=, no token",
+            "node": "?user=, no token",
+            "notifier": "a connection token, then a subscribe",
+        }
+        for kind, how in hows.items():
             connected = results[kind, "rate"]
             per_sec = users / max(connected["connect_seconds"], 1e-9)
             errors = connected["connect_errors"]
+            ours = kind == "notifier"
             self.add(
                 Row(
                     "personal",
-                    f"{'notifier (uvicorn)' if kind == 'notifier' else 'raw ASGI'}, connect {users:,} sockets"
-                    f" ({how}), 200 at a time",
+                    f"{labels[kind]}, connect {users:,} sockets ({how}), 200 at a time",
                     fmt(per_sec, "sockets/s"),
-                    (f"{per_sec / raw_connect:.2f}x raw (target >= 0.8x); " if kind == "notifier" else "")
-                    + f"{errors} failed",
+                    (f"{per_sec / raw_connect:.2f}x raw (target >= 0.8x); " if ours else "") + f"{errors} failed",
                     None,
                     None,
-                    target_met=(per_sec >= 0.8 * raw_connect and not errors) if kind == "notifier" else None,
+                    target_met=(per_sec >= 0.8 * raw_connect and not errors) if ours else None,
                     data={"connect_seconds": connected["connect_seconds"], "connect_errors": errors},
                 )
             )
-        for kind in ("raw", "notifier"):
+        raw_lat, raw_rate = results["raw", "rate"]["latency"], results["raw", "closed"]["events_per_sec"]
+        for kind in hows:
             fixed, closed = results[kind, "rate"], results[kind, "closed"]
-            lat, raw_lat = fixed["latency"], results["raw", "rate"]["latency"]
+            lat = fixed["latency"]
             ours = kind == "notifier"
             compare = f"max {round(lat['max_ms'] or 0, 1)} ms; server CPU {fixed.get('server_cpu_percent')}%"
-            if ours:
-                compare += f"; p99 {lat['p99_ms'] / max(raw_lat['p99_ms'] or 1e-9, 1e-9):.1f}x raw (target <= 2x)"
+            if kind != "raw":
+                compare += f"; p99 {lat['p99_ms'] / max(raw_lat['p99_ms'] or 1e-9, 1e-9):.1f}x raw"
+                compare += " (target <= 2x)" if ours else ""
             self.add(
                 Row(
                     "personal",
-                    f"{'notifier (uvicorn)' if ours else 'raw ASGI'}, {users:,} users one socket each,"
-                    f" {rate} events/s to random users",
+                    f"{labels[kind]}, {users:,} users one socket each, {rate} events/s to random users",
                     f"p50 {lat['p50_ms']} / p99 {lat['p99_ms']} ms",
                     compare,
                     fixed["lost"],
@@ -541,19 +554,55 @@ class Bench:
                     data=fixed,
                 )
             )
-            raw_rate = results["raw", "closed"]["events_per_sec"]
+            ratio = f"{closed['events_per_sec'] / max(raw_rate, 1e-9):.2f}x raw" if kind != "raw" else ""
             self.add(
                 Row(
                     "personal",
-                    f"{'notifier (uvicorn)' if ours else 'raw ASGI'}, {users:,} users, as fast as acknowledged"
-                    " (32 in flight)",
+                    f"{labels[kind]}, {users:,} users, as fast as acknowledged (32 in flight)",
                     fmt(closed["events_per_sec"], "events/s"),
-                    (f"{closed['events_per_sec'] / max(raw_rate, 1e-9):.2f}x raw (target >= 0.8x); " if ours else "")
+                    (f"{ratio} (target >= 0.8x); " if ours else f"{ratio}; " if ratio else "")
                     + f"p99 {closed['latency']['p99_ms']} ms; server CPU {closed.get('server_cpu_percent')}%",
                     closed["lost"],
                     closed["duplicated"] + closed["misrouted"],
                     target_met=closed["events_per_sec"] >= 0.8 * raw_rate if ours else None,
                     data=closed,
+                )
+            )
+
+        node_storm = results["node", "storm"]["storm"]["resubscribe_seconds"] or 1e-9
+        for kind in hows:
+            result = results[kind, "storm"]
+            storm, ours = result["storm"], kind == "notifier"
+            took, before, during = (
+                storm["resubscribe_seconds"] or 0,
+                storm["events_per_sec_before"],
+                storm["events_per_sec_during"],
+            )
+            compare = f"publishing {fmt(during, 'events/s')} meanwhile ({during / max(before, 1e-9):.2f}x before)"
+            compare += f"; {storm['connect_errors']} failed"
+            if ours:
+                compare += f"; {took / node_storm:.1f}x Node's time (target <= 2x, publishing >= 0.5x, 0 lost)"
+            else:  # no history to come back to: what was sent meanwhile is gone, as the issue's table shows
+                compare += f"; {result['lost']} lost, {result['duplicated']} duplicated (no history to resume from)"
+            self.add(
+                Row(
+                    "personal",
+                    f"{labels[kind]}, all {users:,} sockets drop and come back"
+                    f"{' with since' if ours else ''} while {rate} events/s flow",
+                    f"{took:.1f} s to resubscribed",
+                    compare,
+                    result["lost"] if ours else None,
+                    result["duplicated"] + result["misrouted"] if ours else None,
+                    target_met=(
+                        took <= 2 * node_storm
+                        and during >= 0.5 * before
+                        and not result["lost"]
+                        and not result["duplicated"]
+                        and not storm["connect_errors"]
+                    )
+                    if ours
+                    else None,
+                    data=result,
                 )
             )
 

@@ -221,6 +221,7 @@ SERVERS: dict[str, Callable[[int], list[str]]] = {
         "--no-access-log",
     ],
     "node": lambda p: ["node", str(LOADGEN / "ceiling.mjs"), str(p)],
+    "node-personal": lambda p: ["node", str(LOADGEN / "personal.mjs"), str(p)],
 }
 
 
@@ -242,17 +243,22 @@ class Server(Process):
         wait_until(self._healthy, f"{self.name} (log: {self.log_path})")
 
     @property
+    def plain(self) -> bool:
+        """A comparator (the plain ASGI app, a Node server), not notifier."""
+        return self.kind == "raw" or self.kind.startswith("node")
+
+    @property
     def http(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     @property
     def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws/" if self.kind not in ("raw", "node") else f"ws://127.0.0.1:{self.port}/"
+        return f"ws://127.0.0.1:{self.port}/ws/" if not self.plain else f"ws://127.0.0.1:{self.port}/"
 
     def _healthy(self) -> bool:
         if not self.alive():
             raise BenchError(f"{self.name} exited:\n{self.log_tail()}")
-        path = "/healthz" if self.kind not in ("raw", "node") else "/"
+        path = "/healthz" if not self.plain else "/"
         try:
             with urllib.request.urlopen(f"{self.http}{path}", timeout=2) as response:  # noqa: S310 - loopback
                 return bool(response.status == 200)

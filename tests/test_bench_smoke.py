@@ -32,6 +32,8 @@ EXPECTED = {
     "tokens": ["raw ASGI POST /api/tokens", "notifier POST /api/tokens"],
     "personal": [
         "raw ASGI, 50 users one socket each",
+        "Node ws, 50 users, as fast as acknowledged",
+        "notifier (uvicorn), all 50 sockets drop and come back with since",
         "notifier (uvicorn), 50 users, as fast as acknowledged",
         "notifier (uvicorn), connect 50 sockets",
     ],

@@ -733,15 +733,25 @@ async function personal() {
   let misrouted = 0;
   let connectErrors = 0;
   let onArrive = () => {};
+  // With `storm`, each notifier socket's last position ({offset, epoch}, from its subscribed
+  // reply and events), so that it comes back with `since` as a client does.
+  const positions = new Array(users).fill(null);
   const open = (i) =>
     new Promise((resolve, reject) => {
-      const url = kind === "raw" ? `${ws}?user=u${i}` : `${ws}?token=${connectionToken(`u${i}`, secret)}`;
+      const url = kind !== "notifier" ? `${ws}?user=u${i}` : `${ws}?token=${connectionToken(`u${i}`, secret)}`;
       const sock = new WebSocket(url, { perMessageDeflate: false });
       sockets[i] = sock;
       const timer = setTimeout(() => (sock.terminate(), reject(new Error("not subscribed in time"))), 120_000);
       sock.on("open", () => {
-        if (kind !== "raw") sock.send(JSON.stringify({ op: "subscribe", channel: `user:u${i}` }));
+        if (kind !== "notifier") return;
+        const since = positions[i] ? { since: positions[i] } : {};
+        sock.send(JSON.stringify({ op: "subscribe", channel: `user:u${i}`, ...since }));
       });
+      const track = (data) => {
+        if (!config.storm || kind !== "notifier") return;
+        const { offset, epoch } = JSON.parse(data.toString());
+        positions[i] = { offset, epoch };
+      };
       sock.on("message", (data) => {
         if (startsWith(data, EVENT_PREFIX)) {
           const s = numberAfter(data, SEQ_KEY);
@@ -753,28 +763,35 @@ async function personal() {
             hist.add(now() - sentAt[s]);
             onArrive();
           }
+          track(data);
         } else if (startsWith(data, PING)) {
           sock.send('{"op":"pong"}');
         } else if (startsWith(data, SUBSCRIBED)) {
+          track(data);
           clearTimeout(timer);
           resolve();
         }
       });
       sock.on("error", (err) => (clearTimeout(timer), reject(err)));
     });
+  let connectErrorsNow = 0;
+  const openAll = async () => {
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: Math.min(200, users) }, async () => {
+        while (next < users) {
+          const i = next++;
+          await open(i).catch((err) => {
+            connectErrorsNow++;
+            if (connectErrorsNow <= 3) process.stderr.write(`connect u${i}: ${err.message}\n`);
+          });
+        }
+      }),
+    );
+  };
   const connectStarted = now();
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(200, users) }, async () => {
-      while (next < users) {
-        const i = next++;
-        await open(i).catch((err) => {
-          connectErrors++;
-          if (connectErrors <= 3) process.stderr.write(`connect u${i}: ${err.message}\n`);
-        });
-      }
-    }),
-  );
+  await openAll();
+  connectErrors = connectErrorsNow;
   const connectSecs = (now() - connectStarted) / 1000;
   emit({ ready: { users, connect_errors: connectErrors, connect_seconds: connectSecs } });
   const headers = key ? { Authorization: `Bearer ${key}` } : {};
@@ -792,6 +809,24 @@ async function personal() {
   };
   const started = now();
   const stopAt = started + seconds * 1000;
+  // The storm: a third of the way in, every socket drops at once and comes back (200 at a time,
+  // notifier's with `since`) while events go on at the same rate.
+  const storm = {};
+  if (config.storm) {
+    setTimeout(async () => {
+      storm.acked_before = acked;
+      storm.started = now();
+      for (const sock of sockets) if (sock) sock.terminate();
+      connectErrorsNow = 0;
+      await openAll();
+      storm.seconds = (now() - storm.started) / 1000;
+      // The publish rate over the storm, or its first second if it was shorter.
+      await sleep(Math.max(0, storm.started + 1000 - now()));
+      storm.window = (now() - storm.started) / 1000;
+      storm.acked_during = acked - storm.acked_before;
+      storm.connect_errors = connectErrorsNow;
+    }, (seconds * 1000) / 3);
+  }
   if (config.rate) {
     const interval = 1000 / config.rate;
     while (now() < stopAt && seq < maxSeq) {
@@ -813,7 +848,9 @@ async function personal() {
     });
   }
   const elapsed = (now() - started) / 1000;
-  const deadline = now() + 30_000;
+  let deadline = now() + 120_000;
+  while (config.storm && storm.window === undefined && now() < deadline) await sleep(50);
+  deadline = now() + 30_000;
   while (received < acked && now() < deadline) await sleep(50);
   await sleep(500);
   let lost = 0;
@@ -836,6 +873,16 @@ async function personal() {
     duplicated,
     misrouted,
     latency: hist.summary(),
+    ...(config.storm
+      ? {
+          storm: {
+            resubscribe_seconds: storm.seconds ?? null,
+            connect_errors: storm.connect_errors ?? null,
+            events_per_sec_before: storm.acked_before / ((storm.started - started) / 1000),
+            events_per_sec_during: storm.acked_during / storm.window,
+          },
+        }
+      : {}),
   };
 }
 

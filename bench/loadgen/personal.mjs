@@ -1,0 +1,54 @@
+// A Node `ws` server routing each event to one user's sockets through Redis, as
+// bench/raw_asgi.py does: the personal-channel comparator of `bench/run.py --only personal`.
+//
+//   RAW_REDIS_URL=redis://127.0.0.1:6379/0 node personal.mjs PORT
+//
+// ws://127.0.0.1:PORT/?user=<id> is subscribed to that user's events at once. POST /api/notify
+// with {"user", "event", "data"} PUBLISHes "<user> <frame>" (a notifier-like event frame) on
+// Redis; the one subscriber connection writes each frame to that user's sockets.
+import http from "node:http";
+import { createClient } from "@redis/client";
+import { WebSocket, WebSocketServer } from "ws";
+
+const CHANNEL = "raw-bench-personal"; // the channel bench/raw_asgi.py uses, on its own Redis
+const port = Number(process.argv[2]);
+const url = process.env.RAW_REDIS_URL ?? "redis://127.0.0.1:6379/0";
+const publisher = createClient({ url });
+const subscriber = publisher.duplicate();
+const byUser = new Map(); // user -> Set of sockets
+await Promise.all([publisher.connect(), subscriber.connect()]);
+await subscriber.subscribe(CHANNEL, (message) => {
+  const space = message.indexOf(" ");
+  const frame = message.slice(space + 1);
+  for (const ws of byUser.get(message.slice(0, space)) ?? []) if (ws.readyState === WebSocket.OPEN) ws.send(frame);
+});
+
+const server = http.createServer((req, res) => {
+  const chunks = [];
+  req.on("data", (chunk) => chunks.push(chunk));
+  req.on("end", async () => {
+    if (req.method === "POST" && req.url === "/api/notify") {
+      const parsed = JSON.parse(Buffer.concat(chunks).toString());
+      const frame = JSON.stringify({ type: "event", channel: `user:${parsed.user}`, offset: 0, ...parsed });
+      await publisher.publish(CHANNEL, `${parsed.user} ${frame}`);
+      res.writeHead(202, { "Content-Type": "application/json" });
+      res.end('{"id":"0123456789abcdef0123456789abcdef","channels":{}}');
+    } else {
+      res.writeHead(200, { "Content-Type": "application/json" });
+      res.end('{"status":"ok"}');
+    }
+  });
+});
+const wss = new WebSocketServer({ server, perMessageDeflate: false, backlog: 4096 });
+wss.on("connection", (ws, req) => {
+  const user = new URL(req.url, "http://x").searchParams.get("user") ?? "";
+  if (!byUser.has(user)) byUser.set(user, new Set());
+  byUser.get(user).add(ws);
+  ws.on("error", () => {});
+  ws.on("close", () => byUser.get(user)?.delete(ws));
+  ws.send('{"type":"subscribed","channel":"bench"}');
+});
+server.listen(port, "127.0.0.1", 4096, () => process.stdout.write(`listening ${port}\n`));
+// Bounded: the runner stops it, and it stops by itself after 15 minutes in any case.
+setTimeout(() => process.exit(0), 15 * 60 * 1000).unref();
+process.on("SIGTERM", () => process.exit(0));
