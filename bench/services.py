@@ -144,6 +144,11 @@ class Redis(Process):
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def used_memory_kib(self) -> int:
+        """INFO memory's used_memory: what Redis's allocator holds for data and buffers."""
+        info = self._command(b"INFO memory").decode(errors="replace")
+        return int(info.split("used_memory:", 1)[1].split()[0]) // 1024
+
     def _up(self) -> bool:
         if not self.alive():
             raise BenchError(f"redis-server exited:\n{self.log_tail()}")
@@ -267,8 +272,17 @@ class Server(Process):
 
 
 class Worker(Process):
-    def __init__(self, env: dict[str, str], workdir: Path, concurrency: int | None = None, beat: bool = False) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        workdir: Path,
+        concurrency: int | None = None,
+        beat: bool = False,
+        include: str | None = None,
+    ) -> None:
         argv = [str(BIN / "celery"), "-A", "notifier", "worker", "--loglevel", "WARNING"]
+        if include:
+            argv += ["--include", include]
         argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         if concurrency:
             argv += ["--concurrency", str(concurrency)]

@@ -23,7 +23,7 @@ EXPECTED = {
     "latency": ["raw ASGI", "notifier (uvicorn)"],
     "memory": ["raw ASGI", "notifier (uvicorn)"],
     "publish": ["raw ASGI POST", "POST /api/notify,", "POST /api/notify/batch", "NOTIFIER_REPLICA_ACKS=1"],
-    "celery": ["queued tasks", "ack_emulation off"],
+    "celery": ["queued no-op tasks", "queued tasks", "ack_emulation off"],
     "recovery": ["sockets resubscribe"],
     "servers": ["production", "permessage-deflate", "daphne"],
     "inbox": ["GET /api/inbox/counts", "GET /api/inbox (first page", "mark all read", "inbox: true, 10,000 users"],
@@ -36,7 +36,9 @@ EXPECTED = {
         "notifier (uvicorn), all 50 sockets drop and come back with since",
         "notifier (uvicorn), 50 users, as fast as acknowledged",
         "notifier (uvicorn), connect 50 sockets",
+        "notifier (uvicorn), 50 idle sockets, one personal channel each",
     ],
+    "soak": ["notifier (uvicorn), 50 personal sockets, 20 events/s to random users, 5 reconnects/s with since"],
 }
 
 

@@ -733,9 +733,10 @@ async function personal() {
   let misrouted = 0;
   let connectErrors = 0;
   let onArrive = () => {};
-  // With `storm`, each notifier socket's last position ({offset, epoch}, from its subscribed
-  // reply and events), so that it comes back with `since` as a client does.
+  // With `storm` or `churn`, each notifier socket's last position ({offset, epoch}, from its
+  // subscribed reply and events), so that it comes back with `since` as a client does.
   const positions = new Array(users).fill(null);
+  const resumes = config.storm || config.churn;
   const open = (i) =>
     new Promise((resolve, reject) => {
       const url = kind !== "notifier" ? `${ws}?user=u${i}` : `${ws}?token=${connectionToken(`u${i}`, secret)}`;
@@ -748,7 +749,7 @@ async function personal() {
         sock.send(JSON.stringify({ op: "subscribe", channel: `user:u${i}`, ...since }));
       });
       const track = (data) => {
-        if (!config.storm || kind !== "notifier") return;
+        if (!resumes || kind !== "notifier") return;
         const { offset, epoch } = JSON.parse(data.toString());
         positions[i] = { offset, epoch };
       };
@@ -794,6 +795,8 @@ async function personal() {
   connectErrors = connectErrorsNow;
   const connectSecs = (now() - connectStarted) / 1000;
   emit({ ready: { users, connect_errors: connectErrors, connect_seconds: connectSecs } });
+  // Idle, connected and subscribed, while the runner reads the server's memory.
+  if (config.pause_secs) await sleep(config.pause_secs * 1000);
   const headers = key ? { Authorization: `Bearer ${key}` } : {};
   let seq = 0;
   let acked = 0;
@@ -827,6 +830,28 @@ async function personal() {
       storm.connect_errors = connectErrorsNow;
     }, (seconds * 1000) / 3);
   }
+  // Churn: `churn` sockets a second (a tenth of them every 100 ms) drop and come back, with
+  // `since`, for the whole run; each is counted when it is subscribed again.
+  let churned = 0;
+  let churnErrors = 0;
+  const reopening = new Uint8Array(users);
+  const churner = config.churn
+    ? setInterval(() => {
+        for (let n = 0; n < Math.max(1, Math.round(config.churn / 10)); n++) {
+          const i = Math.floor(Math.random() * users);
+          if (reopening[i] || sockets[i]?.readyState !== WebSocket.OPEN) continue;
+          reopening[i] = 1;
+          sockets[i].terminate();
+          open(i).then(
+            () => ((reopening[i] = 0), churned++),
+            (err) => {
+              reopening[i] = 0;
+              if (++churnErrors <= 3) process.stderr.write(`churn u${i}: ${err.message}\n`);
+            },
+          );
+        }
+      }, 100)
+    : null;
   if (config.rate) {
     const interval = 1000 / config.rate;
     while (now() < stopAt && seq < maxSeq) {
@@ -848,6 +873,7 @@ async function personal() {
     });
   }
   const elapsed = (now() - started) / 1000;
+  if (churner) clearInterval(churner);
   let deadline = now() + 120_000;
   while (config.storm && storm.window === undefined && now() < deadline) await sleep(50);
   deadline = now() + 30_000;
@@ -873,6 +899,7 @@ async function personal() {
     duplicated,
     misrouted,
     latency: hist.summary(),
+    ...(config.churn ? { churn: { reconnected: churned, connect_errors: churnErrors } } : {}),
     ...(config.storm
       ? {
           storm: {
