@@ -50,6 +50,9 @@ DEFAULTS: dict[str, Any] = {
     # within milliseconds, and a full collection of thousands of connections' objects then held
     # the event loop for 0.2-0.5 s every few seconds (docs/benchmarks.md, issue 17).
     "GC_THRESHOLDS": "50000,20,100",
+    # Seconds a server process stays in a channel's group after its last subscriber there left,
+    # so that a reload or a reconnect storm costs no SUBSCRIBE/UNSUBSCRIBE (0: leave at once).
+    "CHANNEL_LINGER_SECS": 15.0,
     "PRESENCE_TTL_SECS": 30,
     "PRESENCE_LEAVE_DELAY_SECS": 3,
     # A user's last connection gone this long is `presence.offline` (webhooks): a reload is not.
@@ -150,6 +153,8 @@ def check_values(values: Mapping[str, Any]) -> None:
             "NOTIFIER_REPLICA_ACK_TIMEOUT_MS must be below NOTIFIER_REDIS_SOCKET_TIMEOUT_SECS (in ms)"
         )
     gc_thresholds(values["GC_THRESHOLDS"])
+    if values["CHANNEL_LINGER_SECS"] < 0:
+        raise ImproperlyConfigured("NOTIFIER_CHANNEL_LINGER_SECS must be >= 0")
     if values["DISPATCH_SECS"] <= 0 or values["DISPATCH_LEASE_SECS"] <= 0 or values["MAX_SCHEDULE_DAYS"] <= 0:
         raise ImproperlyConfigured(
             "NOTIFIER_DISPATCH_SECS, NOTIFIER_DISPATCH_LEASE_SECS and NOTIFIER_MAX_SCHEDULE_DAYS must be > 0"

@@ -92,6 +92,8 @@ class _Channel:
     gap_timer: asyncio.Task[None] | None = None
     retired: list[str] = field(default_factory=list)  # earlier epochs, most recent last
     slot: int = field(init=False)  # its slice of the position checks
+    occupied: bool = False  # counted as occupied by this process (channel.* webhooks)
+    linger: asyncio.TimerHandle | None = None  # set while no one is subscribed: then the group is left
 
     def __post_init__(self) -> None:
         self.slot = slot_of(self.channel)
@@ -114,10 +116,17 @@ class Subscription:
 class Hub:
     """One per event loop (one per server process)."""
 
-    def __init__(self, layer: BaseChannelLayer, history: History, heartbeat_secs: float) -> None:
+    def __init__(
+        self, layer: BaseChannelLayer, history: History, heartbeat_secs: float, linger_secs: float = 0.0
+    ) -> None:
         self.layer = layer
         self.history = history
         self.heartbeat_secs = heartbeat_secs
+        # How long a channel stays joined after its last subscriber left: a client that comes
+        # back meanwhile (a reload, a reconnect, a storm of them) costs no SUBSCRIBE and, at the
+        # hub's position, no history read; leaving costs no UNSUBSCRIBE until then.
+        self.linger_secs = linger_secs
+        self._leaving: set[asyncio.Task[None]] = set()
         self.connections: set[Connection] = set()
         self.stats = HubStats()
         self._channels: dict[str, _Channel] = {}
@@ -160,6 +169,10 @@ class Hub:
         state = self._channels.get(channel) or self._channels.setdefault(channel, _Channel(channel))
         conn.subscriptions.add(channel)
         state.pending += 1
+        if state.linger is not None:  # someone is back before the channel was left
+            state.linger.cancel()
+            state.linger = None
+            self._occupy(channel, state)
         try:
             await self._join(channel, state)
             # The lock keeps live deliveries of this channel out while the socket is attached.
@@ -277,16 +290,47 @@ class Hub:
                 joined.exception()  # retrieved: concurrent waiters re-raise it themselves
             raise
         joined.set_result(None)
-        if self.occupancy is not None:
+        self._occupy(channel, state)
+
+    def _occupy(self, channel: str, state: _Channel) -> None:
+        if self.occupancy is not None and not state.occupied:
+            state.occupied = True
             self.occupancy.joined(channel)
 
+    def _vacate(self, channel: str, state: _Channel) -> None:
+        if self.occupancy is not None and state.occupied:
+            state.occupied = False
+            self.occupancy.left(channel)
+
+    def _unused(self, channel: str, state: _Channel) -> bool:
+        return not state.subscribers and not state.pending and self._channels.get(channel) is state
+
     async def _leave_if_unused(self, channel: str, state: _Channel) -> None:
-        if state.subscribers or state.pending or self._channels.get(channel) is not state:
+        """Leave the channel's group once no one here is subscribed: after `linger_secs`, or at
+        once when the join failed or there is no lingering."""
+        if not self._unused(channel, state):
+            return
+        self._vacate(channel, state)  # occupancy follows the subscribers, not the lingering
+        if self.linger_secs > 0 and state.group_joined():
+            if state.linger is None:
+                state.linger = asyncio.get_running_loop().call_later(
+                    self.linger_secs, self._linger_over, channel, state
+                )
+            return
+        await self._leave(channel, state)
+
+    def _linger_over(self, channel: str, state: _Channel) -> None:
+        state.linger = None
+        if self._unused(channel, state):
+            task = asyncio.get_running_loop().create_task(self._leave(channel, state))
+            self._leaving.add(task)
+            task.add_done_callback(self._leaving.discard)
+
+    async def _leave(self, channel: str, state: _Channel) -> None:
+        if not self._unused(channel, state):  # someone subscribed since the linger ended
             return
         del self._channels[channel]
         if state.group_joined():
-            if self.occupancy is not None:
-                self.occupancy.left(channel)
             try:
                 assert self._layer_channel is not None
                 await self.layer.group_discard(group_of(channel), self._layer_channel)
@@ -567,7 +611,7 @@ class Hub:
             await asyncio.sleep(max(1.0, notifier_settings.PRESENCE_TTL_SECS / 3) / SLICES)
             slot = tick % SLICES
             if self.occupancy is not None:
-                joined = [ch for ch, state in self._channels.items() if state.slot == slot and state.group_joined()]
+                joined = [ch for ch, state in self._channels.items() if state.slot == slot and state.occupied]
                 self.occupancy.refresh(joined)
             due = [c for c in self.connections if slot_of(c.id) == slot]
             entries = [(ch, c.user or "", c.id) for c in due for ch in c.presence_channels]
@@ -582,7 +626,12 @@ class Hub:
                 metrics.inc("notifier_redis_errors", operation="presence_refresh")
 
     async def stop(self) -> None:
+        for state in self._channels.values():
+            if state.linger is not None:
+                state.linger.cancel()
+                state.linger = None
         timers = [state.gap_timer for state in self._channels.values() if state.gap_timer is not None]
+        timers.extend(self._leaving)
         if self._position_task is not None:
             timers.append(self._position_task)
         for task in [*self._tasks, *timers]:

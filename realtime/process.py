@@ -57,7 +57,9 @@ def get_hub() -> Hub:
         layer = get_channel_layer()
         if layer is None:
             raise RuntimeError("CHANNEL_LAYERS is not configured")
-        hub = _hubs[loop] = Hub(layer, get_history(), notifier_settings.HEARTBEAT_SECS)
+        hub = _hubs[loop] = Hub(
+            layer, get_history(), notifier_settings.HEARTBEAT_SECS, notifier_settings.CHANNEL_LINGER_SECS
+        )
         install_drain_handler()
     return hub
 

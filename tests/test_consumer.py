@@ -179,5 +179,5 @@ async def test_a_connection_that_fails_outside_a_frame_leaves_the_hub() -> None:
     closed = await communicator.receive_output(timeout=5)
     assert closed == {"type": "websocket.close", "code": CloseCode.INTERNAL_ERROR}
     await communicator.wait(timeout=5)
-    assert len(hub.connections) == 0 and "ghost.check" not in hub._channels
+    assert len(hub.connections) == 0 and hub.subscriber_count("ghost.check") == 0
     await hub.stop()

@@ -173,6 +173,43 @@ async def test_group_joined_once_and_left_with_the_last_subscriber(hub: Hub) -> 
     assert group_of("f") not in layer.groups and hub.joined_channels() == []
 
 
+async def test_a_channel_lingers_after_its_last_subscriber_and_a_return_gets_each_event_once() -> None:
+    hub = Hub(InMemoryChannelLayer(capacity=10_000), MemoryHistory(), heartbeat_secs=25, linger_secs=0.3)
+    layer: Any = hub.layer
+    try:
+        first = await connect(hub, "l")
+        for message in await store(hub, "l", 2):
+            await hub.on_event(message)
+        await settle()
+        (conn,) = hub.connections
+        epoch = first.events()[0]["epoch"]
+        await hub.remove_connection(conn)
+        assert list(layer.groups[group_of("l")]) == [hub._layer_channel]  # still joined
+        for message in await store(hub, "l", 4):  # 3-6 while no one is here: the hub follows them
+            await hub.on_event(message)
+        back = await connect(hub, "l", Position(2, epoch))
+        await settle()
+        assert back.offsets() == [3, 4, 5, 6]  # replayed from history, none twice
+        (message,) = await store(hub, "l", 1)
+        await hub.on_event(message)
+        await settle()
+        assert back.offsets() == [3, 4, 5, 6, 7]
+        for conn in list(hub.connections):
+            await hub.remove_connection(conn)
+        hub.history = MemoryHistory()  # a return at the hub's position reads no history at all
+        again = Connection(Socket())
+        await hub.add_connection(again)
+        sub = await hub.subscribe("l", again, Position(7, epoch))
+        assert sub.position == Position(7, epoch) and sub.recovered and sub.replay == []
+        for conn in list(hub.connections):
+            await hub.remove_connection(conn)
+        assert group_of("l") in layer.groups
+        await asyncio.sleep(0.5)
+        assert group_of("l") not in layer.groups and hub.joined_channels() == []
+    finally:
+        await hub.stop()
+
+
 async def test_every_event_exactly_once_while_others_join_and_leave(hub: Hub) -> None:
     from realtime.publish import apublish
 
