@@ -1,4 +1,5 @@
-"""The Celery app. Redis is the broker; with no REDIS_URL tasks run eagerly in-process.
+"""The Celery app. Redis is the broker (or CELERY_BROKER_URL's, e.g. RabbitMQ); with no REDIS_URL
+tasks run eagerly in-process.
 
 With NOTIFIER_REDIS_SENTINELS, settings.py makes the broker URL kombu's `sentinel://…` list and
 puts the master's name in the broker transport options: workers ask the Sentinels for the master.

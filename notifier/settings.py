@@ -322,8 +322,13 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
-# Celery: Redis is the broker. Embedded mode runs tasks eagerly in-process.
-CELERY_BROKER_URL = (REDIS_URL or "memory://") if REDIS_SENTINEL is None else _celery_sentinel_url(REDIS_SENTINEL)
+# Celery: Redis is the broker, unless CELERY_BROKER_URL names another (amqp://… for RabbitMQ, the
+# broker for a Redis Cluster deployment: kombu cannot use a cluster). Embedded mode runs tasks
+# eagerly in-process.
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "") or (
+    (REDIS_URL or "memory://") if REDIS_SENTINEL is None else _celery_sentinel_url(REDIS_SENTINEL)
+)
+_CELERY_ON_REDIS = not env_str("CELERY_BROKER_URL", "")
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", "") or None
 CELERY_TASK_ALWAYS_EAGER = EMBEDDED
 CELERY_TASK_EAGER_PROPAGATES = True
@@ -332,9 +337,9 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-# Kombu's Redis transport options as JSON, e.g. '{"visibility_timeout": 3600}'.
+# Kombu's transport options as JSON, e.g. '{"visibility_timeout": 3600}' for Redis.
 CELERY_BROKER_TRANSPORT_OPTIONS = json.loads(env_str("CELERY_BROKER_TRANSPORT_OPTIONS", "{}"))
-if REDIS_SENTINEL is not None:
+if REDIS_SENTINEL is not None and _CELERY_ON_REDIS:
     _celery_sentinel_options = {
         "master_name": REDIS_SENTINEL["master_name"],
         "sentinel_kwargs": REDIS_SENTINEL["sentinel_kwargs"],
@@ -404,7 +409,10 @@ if LOG_FORMAT not in {"plain", "json"}:
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"redact": {"()": "realtime.logs.RedactSecrets"}},
+    "filters": {
+        "redact": {"()": "realtime.logs.RedactSecrets"},
+        "no_accepted_sockets": {"()": "realtime.logs.DropAcceptedSockets"},
+    },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
         "json": {"()": "realtime.logs.JsonFormatter"},
@@ -418,7 +426,7 @@ LOGGING = {
         # Uvicorn's own lines (it logs each WebSocket's URL, query string included) go through
         # the same formatter and redaction as ours.
         "uvicorn": {"handlers": ["console"], "level": "INFO", "propagate": False},
-        "uvicorn.error": {"level": "INFO"},
+        "uvicorn.error": {"level": "INFO", "filters": ["no_accepted_sockets"]},
         # Access lines cost CPU per request and carry query strings: off, whatever the flags say.
         "uvicorn.access": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 import uuid
@@ -128,3 +129,48 @@ async def test_tasks_with_one_idempotency_key_deliver_once(
     assert [e["offset"] for e in events] == [1, 2]
     assert events[1]["data"] == {"n": 100}
     await client.close()
+
+
+# -- RabbitMQ: the broker of the Redis Cluster mode (kombu cannot use a cluster) ---------------
+
+AMQP = "amqp://guest:guest@127.0.0.1:5672"
+
+
+def rabbitmqctl(*args: str) -> None:
+    result = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=120)  # noqa: S607
+    assert result.returncode == 0, f"rabbitmqctl {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+
+
+@pytest.fixture(scope="module")
+def rabbitmq_vhost() -> Iterator[str]:
+    """A virtual host of its own on this machine's RabbitMQ, so no queue is shared with anyone."""
+    if shutil.which("rabbitmqctl") is None:
+        pytest.fail("RabbitMQ is needed on 127.0.0.1:5672 (Debian: apt-get install rabbitmq-server)")
+    vhost = f"notifier-test-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    yield f"{AMQP}/{vhost}"
+    rabbitmqctl("delete_vhost", vhost)
+
+
+async def test_tasks_through_rabbitmq_are_delivered_once_each_in_order(
+    redis_server: RedisServer, service_db: str, workdir: Path, rabbitmq_vhost: str
+) -> None:
+    env = service_env(redis_server.url, service_db, CELERY_BROKER_URL=rabbitmq_vhost)
+    server, worker = Server(env, workdir), Worker(env, workdir)
+    try:
+        assert "amqp://guest:**@127.0.0.1:5672/notifier-test-" in worker.log()  # the banner names its broker
+        channel = f"celery.amqp.{uuid.uuid4().hex[:8]}"
+        client = await Client.connect(server.ws)
+        await client.subscribe(channel)
+        send_tasks(rabbitmq_vhost, channel, 0, 200)
+        send_tasks(rabbitmq_vhost, channel, 1000, 3, key="one-key")
+        events = await client.events(201, timeout=120)
+        assert sorted(e["data"]["n"] for e in events[:-1] if e["data"]["n"] < 1000) == list(range(200))
+        assert [e["offset"] for e in events] == list(range(1, 202))
+        assert sum(e["data"]["n"] >= 1000 for e in events) == 1  # one idempotency key: one event
+        assert await client.nothing_within(1.0)
+        await client.close()
+    finally:
+        worker.stop()
+        server.stop()

@@ -39,5 +39,7 @@ async def test_json_logs_carry_connection_ids_and_never_secrets(
     refused = [r for r in records if r["message"].startswith("token refused")]
     assert refused and refused[0]["connection"] and refused[0]["level"] == "INFO"
     assert {"ts", "level", "logger", "message"} <= set(records[0])
+    # No access line per connection (uvicorn's "[accepted]", websockets' "connection open").
+    assert not [r for r in records if "[accepted]" in r["message"] or r["message"] == "connection open"]
     for secret in (forged, api_key, "z" * 40, forged.split(".")[2]):
         assert secret not in log
