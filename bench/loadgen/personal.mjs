@@ -6,9 +6,9 @@
 // ws://127.0.0.1:PORT/?user=<id> is subscribed to that user's events at once. POST /api/notify
 // with {"user", "event", "data"} PUBLISHes "<user> <frame>" (a notifier-like event frame) on
 // Redis; the one subscriber connection writes each frame to that user's sockets.
-import http from "node:http";
 import { createClient } from "@redis/client";
 import { WebSocket, WebSocketServer } from "ws";
+import { NOTIFY_ANSWER, answer, bodyServer, serve } from "./comparator.mjs";
 
 const CHANNEL = "raw-bench-personal"; // the channel bench/raw_asgi.py uses, on its own Redis
 const port = Number(process.argv[2]);
@@ -23,21 +23,15 @@ await subscriber.subscribe(CHANNEL, (message) => {
   for (const ws of byUser.get(message.slice(0, space)) ?? []) if (ws.readyState === WebSocket.OPEN) ws.send(frame);
 });
 
-const server = http.createServer((req, res) => {
-  const chunks = [];
-  req.on("data", (chunk) => chunks.push(chunk));
-  req.on("end", async () => {
-    if (req.method === "POST" && req.url === "/api/notify") {
-      const parsed = JSON.parse(Buffer.concat(chunks).toString());
-      const frame = JSON.stringify({ type: "event", channel: `user:${parsed.user}`, offset: 0, ...parsed });
-      await publisher.publish(CHANNEL, `${parsed.user} ${frame}`);
-      res.writeHead(202, { "Content-Type": "application/json" });
-      res.end('{"id":"0123456789abcdef0123456789abcdef","channels":{}}');
-    } else {
-      res.writeHead(200, { "Content-Type": "application/json" });
-      res.end('{"status":"ok"}');
-    }
-  });
+const server = bodyServer(async (req, res, body) => {
+  if (req.method === "POST" && req.url === "/api/notify") {
+    const parsed = JSON.parse(body.toString());
+    const frame = JSON.stringify({ type: "event", channel: `user:${parsed.user}`, offset: 0, ...parsed });
+    await publisher.publish(CHANNEL, `${parsed.user} ${frame}`);
+    answer(res, 202, NOTIFY_ANSWER);
+  } else {
+    answer(res, 200, '{"status":"ok"}');
+  }
 });
 const wss = new WebSocketServer({ server, perMessageDeflate: false, backlog: 4096 });
 wss.on("connection", (ws, req) => {
@@ -48,7 +42,4 @@ wss.on("connection", (ws, req) => {
   ws.on("close", () => byUser.get(user)?.delete(ws));
   ws.send('{"type":"subscribed","channel":"bench"}');
 });
-server.listen(port, "127.0.0.1", 4096, () => process.stdout.write(`listening ${port}\n`));
-// Bounded: the runner stops it, and it stops by itself after 15 minutes in any case.
-setTimeout(() => process.exit(0), 15 * 60 * 1000).unref();
-process.on("SIGTERM", () => process.exit(0));
+serve(server, port);

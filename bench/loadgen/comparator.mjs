@@ -1,0 +1,27 @@
+// What the Node comparator servers (ceiling.mjs, personal.mjs) share: their JSON answers and a
+// bounded life on 127.0.0.1.
+import http from "node:http";
+
+/** What notifier answers a POST /api/notify with, in shape. */
+export const NOTIFY_ANSWER = '{"id":"0123456789abcdef0123456789abcdef","channels":{}}';
+
+export function answer(res, status, body) {
+  res.writeHead(status, { "Content-Type": "application/json" });
+  res.end(body);
+}
+
+/** An HTTP server that hands each request's whole body to `handle(req, res, body)`. */
+export function bodyServer(handle) {
+  return http.createServer((req, res) => {
+    const chunks = [];
+    req.on("data", (chunk) => chunks.push(chunk));
+    req.on("end", () => handle(req, res, Buffer.concat(chunks)));
+  });
+}
+
+/** Listen on 127.0.0.1:`port`; the runner stops it, and it stops by itself after 15 minutes. */
+export function serve(server, port) {
+  server.listen(port, "127.0.0.1", 4096, () => process.stdout.write(`listening ${port}\n`));
+  setTimeout(() => process.exit(0), 15 * 60 * 1000).unref();
+  process.on("SIGTERM", () => process.exit(0));
+}
