@@ -59,7 +59,8 @@ check: install $(JS)/node_modules/.installed
 	cd $(JS) && npm run typecheck
 
 # Benchmarks (docs/benchmarks.md): its own Redis, Uvicorn, Celery and a Node load generator, about
-# 10 minutes. Pick with BENCH=fanout,latency,... SUBSCRIBERS=1000,10000 REPEAT=3, or SMOKE=1.
+# 35 minutes (a 15-minute soak: SOAK_MINUTES). Pick with BENCH=fanout,latency,... SUBSCRIBERS=1000,10000
+# REPEAT=3, or SMOKE=1.
 bench: install
 	$(BIN)/python bench/run.py $(if $(SMOKE),--smoke) --only "$(BENCH)" --subscribers "$(SUBSCRIBERS)" --repeat "$(or $(REPEAT),1)" $(if $(BENCH_JSON),--json "$(BENCH_JSON)")
 

@@ -4,7 +4,7 @@ Starts its own redis-server, a migrated SQLite database with an API key, Uvicorn
 (the documented production command), a Celery worker, and the Node load generator in
 bench/loadgen/, all on 127.0.0.1; prints one table. See docs/benchmarks.md.
 
-    .venv/bin/python bench/run.py                      # everything (about 10 minutes)
+    .venv/bin/python bench/run.py                      # everything (about 35 minutes, 15 of them the soak)
     .venv/bin/python bench/run.py --smoke              # every scenario at a tiny scale
     .venv/bin/python bench/run.py --only fanout,latency --subscribers 1000
     make bench BENCH=fanout SUBSCRIBERS=1000           # the same through make
@@ -13,7 +13,10 @@ Profiles: `--profile DIR` records py-spy stacks of each loaded server; `bench/pr
 
 Scenarios: ceiling (the load generator against a minimal Node ws server), fanout (raw ASGI
 vs notifier), scaling (1 and 2 server processes), latency, memory, publish (the HTTP API),
-celery, recovery, servers (Daphne and Uvicorn's WebSocket backends, compression off/on).
+celery, recovery, servers (Daphne and Uvicorn's WebSocket backends, compression off/on),
+layers, inbox, push, scheduling, tokens, personal (one socket per user, beside the plain app and
+a Node ws server: events, connects, idle memory, a reconnect storm), soak (personal channels
+with churn for --soak-minutes: memory slopes).
 """
 
 from __future__ import annotations
