@@ -172,9 +172,9 @@ class Hub:
         if state.linger is not None:  # someone is back before the channel was left
             state.linger.cancel()
             state.linger = None
-            self._occupy(channel, state)
         try:
             await self._join(channel, state)
+            self._occupy(channel, state)  # a first join, or a return to a lingering channel
             # The lock keeps live deliveries of this channel out while the socket is attached.
             async with state.lock:
                 result = await self._attach(channel, state, since)
@@ -290,7 +290,6 @@ class Hub:
                 joined.exception()  # retrieved: concurrent waiters re-raise it themselves
             raise
         joined.set_result(None)
-        self._occupy(channel, state)
 
     def _occupy(self, channel: str, state: _Channel) -> None:
         if self.occupancy is not None and not state.occupied:

@@ -210,6 +210,43 @@ async def test_a_channel_lingers_after_its_last_subscriber_and_a_return_gets_eac
         await hub.stop()
 
 
+async def test_occupancy_follows_the_subscribers_through_a_linger() -> None:
+    hub = Hub(InMemoryChannelLayer(capacity=10_000), MemoryHistory(), heartbeat_secs=25, linger_secs=60)
+    calls: list[tuple[str, str]] = []
+
+    class Recorder:
+        def joined(self, channel: str) -> None:
+            calls.append(("joined", channel))
+
+        def left(self, channel: str) -> None:
+            calls.append(("left", channel))
+
+        def refresh(self, joined: Sequence[str]) -> None:
+            pass
+
+    try:
+        conn = Connection(Socket())
+        await hub.add_connection(conn)
+        hub.occupancy = Recorder()  # type: ignore[assignment]
+        await hub.subscribe("o", conn)
+        await hub.unsubscribe("o", conn)
+        assert calls == [("joined", "o"), ("left", "o")]  # vacated at once, though still joined
+        await hub.subscribe("o", conn)  # back during the linger
+        assert calls[-1] == ("joined", "o")
+        await hub.unsubscribe("o", conn)
+        state = hub._channels["o"]
+        assert state.linger is not None
+        state.linger.cancel()
+        hub._linger_over("o", state)  # the linger ends, and before the group is left...
+        await hub.subscribe("o", conn)  # ...someone subscribes
+        await settle()
+        assert calls[-1] == ("joined", "o") and hub.subscriber_count("o") == 1
+        layer: Any = hub.layer
+        assert list(layer.groups[group_of("o")]) == [hub._layer_channel]
+    finally:
+        await hub.stop()
+
+
 async def test_every_event_exactly_once_while_others_join_and_leave(hub: Hub) -> None:
     from realtime.publish import apublish
 
