@@ -5,11 +5,14 @@
 //
 // ws://127.0.0.1:PORT/?user=<id> is subscribed to that user's events at once. POST /api/notify
 // with {"user", "event", "data"} PUBLISHes "<user> <frame>" (a notifier-like event frame) on
-// Redis; the one subscriber connection writes each frame to that user's sockets.
+// Redis; the one subscriber connection writes each frame to that user's sockets. POST /api/tokens
+// with {"user"} mints an HS256 JWT for it (201 {"token", "expires_at"}), as bench/raw_asgi.py does.
+import crypto from "node:crypto";
 import { createClient } from "@redis/client";
 import { WebSocket, WebSocketServer } from "ws";
 import { NOTIFY_ANSWER, answer, bodyServer, serve } from "./comparator.mjs";
 
+const SECRET = "raw-bench-secret-long-enough-for-hs256";
 const CHANNEL = "raw-bench-personal"; // the channel bench/raw_asgi.py uses, on its own Redis
 const port = Number(process.argv[2]);
 const url = process.env.RAW_REDIS_URL ?? "redis://127.0.0.1:6379/0";
@@ -23,12 +26,23 @@ await subscriber.subscribe(CHANNEL, (message) => {
   for (const ws of byUser.get(message.slice(0, space)) ?? []) if (ws.readyState === WebSocket.OPEN) ws.send(frame);
 });
 
+/** An HS256 JWT of `claims`, signed with `secret`. */
+function hs256(claims, secret) {
+  const enc = (obj) => Buffer.from(JSON.stringify(obj)).toString("base64url");
+  const head = `${enc({ alg: "HS256", typ: "JWT" })}.${enc(claims)}`;
+  return `${head}.${crypto.createHmac("sha256", secret).update(head).digest("base64url")}`;
+}
+
 const server = bodyServer(async (req, res, body) => {
   if (req.method === "POST" && req.url === "/api/notify") {
     const parsed = JSON.parse(body.toString());
     const frame = JSON.stringify({ type: "event", channel: `user:${parsed.user}`, offset: 0, ...parsed });
     await publisher.publish(CHANNEL, `${parsed.user} ${frame}`);
     answer(res, 202, NOTIFY_ANSWER);
+  } else if (req.method === "POST" && req.url === "/api/tokens") {
+    const expiresAt = Math.floor(Date.now() / 1000) + 3600;
+    const token = hs256({ sub: JSON.parse(body.toString()).user, exp: expiresAt }, SECRET);
+    answer(res, 201, JSON.stringify({ token, expires_at: expiresAt }));
   } else {
     answer(res, 200, '{"status":"ok"}');
   }
