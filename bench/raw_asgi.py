@@ -24,7 +24,10 @@ import jwt
 from redis import asyncio as aioredis
 
 CHANNEL = "raw-bench"
-PERSONAL = "raw-bench-personal"  # "<user> <frame>": to that user's sockets only
+# "<user> <frame>": to that user's sockets only. Only this process publishes to it (from its
+# POST /api/notify), so it is this process's own: comparators running side by side (the soak)
+# on one Redis must not read each other's events.
+PERSONAL = f"raw-bench-personal-{os.getpid()}"
 sockets: set[Any] = set()
 by_user: dict[str, set[Any]] = {}
 state: dict[str, Any] = {}

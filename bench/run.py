@@ -748,8 +748,8 @@ class Bench:
                     f"{' with since' if ours else ''}, {length} (the three side by side)",
                     f"RSS {rss_slope:+,.0f} KiB/min",
                     compare,
-                    lost + churned["connect_errors"] if ours else None,
-                    dup + result["misrouted"] if ours else None,
+                    lost + churned["connect_errors"] if ours else None,  # the others have no history
+                    dup + result["misrouted"],  # nothing resumes there, so nothing may come twice
                     data={
                         **result,
                         "samples": series,

@@ -13,7 +13,9 @@ import { WebSocket, WebSocketServer } from "ws";
 import { NOTIFY_ANSWER, answer, bodyServer, serve } from "./comparator.mjs";
 
 const SECRET = "raw-bench-secret-long-enough-for-hs256";
-const CHANNEL = "raw-bench-personal"; // the channel bench/raw_asgi.py uses, on its own Redis
+// This process's own pub/sub channel (only its POST /api/notify publishes to it): servers side by
+// side on one Redis (the soak) must not read each other's events.
+const CHANNEL = `raw-bench-personal-node-${process.pid}`;
 const port = Number(process.argv[2]);
 const url = process.env.RAW_REDIS_URL ?? "redis://127.0.0.1:6379/0";
 const publisher = createClient({ url });
