@@ -325,10 +325,11 @@ SPECTACULAR_SETTINGS = {
 # Celery: Redis is the broker, unless CELERY_BROKER_URL names another (amqp://… for RabbitMQ, the
 # broker for a Redis Cluster deployment: kombu cannot use a cluster). Embedded mode runs tasks
 # eagerly in-process.
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "") or (
+_CELERY_BROKER_OVERRIDE = env_str("CELERY_BROKER_URL", "")
+_CELERY_ON_REDIS = not _CELERY_BROKER_OVERRIDE
+CELERY_BROKER_URL = _CELERY_BROKER_OVERRIDE or (
     (REDIS_URL or "memory://") if REDIS_SENTINEL is None else _celery_sentinel_url(REDIS_SENTINEL)
 )
-_CELERY_ON_REDIS = not env_str("CELERY_BROKER_URL", "")
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", "") or None
 CELERY_TASK_ALWAYS_EAGER = EMBEDDED
 CELERY_TASK_EAGER_PROPAGATES = True
