@@ -86,6 +86,8 @@ TARGETS = {
 }
 # Seconds the personal scenario's sockets stay idle after connecting, while the server's RSS is read.
 PERSONAL_PAUSE_SECS = 2.5
+# The personal and soak scenarios' NOTIFIER_JWT_SECRET, with which the load generator mints tokens.
+PERSONAL_JWT_SECRET = "bench-personal-secret-long-enough-for-hs256"  # noqa: S105 - a throwaway local run
 
 
 @dataclass
@@ -147,7 +149,9 @@ def fmt(value: float, unit: str = "") -> str:
 
 
 class Bench:
-    def __init__(self, scale: Scale, workdir: Path, smoke: bool, profile: Path | None = None) -> None:
+    def __init__(
+        self, scale: Scale, workdir: Path, smoke: bool, profile: Path | None = None, soak_minutes: float = 15.0
+    ) -> None:
         self.scale = scale
         self.workdir = workdir
         self.smoke = smoke
@@ -162,7 +166,7 @@ class Bench:
         self._api: Server | None = None
         self._channel = 0
         self.raw_fanout: dict[int, float] = {}
-        self.soak_minutes = 15.0
+        self.soak_minutes = soak_minutes
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -535,7 +539,7 @@ class Bench:
         one random user, at a fixed rate and as fast as acknowledged; beside the plain app and a
         Node `ws` server routing the same way (targets are against the plain app)."""
         users, rate, secs = (50, 50, 2.0) if self.smoke else (5000, 500, 20.0)
-        secret = "bench-personal-secret-long-enough-for-hs256"  # noqa: S105 - a throwaway local run
+        secret = PERSONAL_JWT_SECRET
         results: dict[tuple[str, str], dict[str, Any]] = {}
         kinds: tuple[tuple[str, str, dict[str, str]], ...] = (
             ("raw", "raw", {}),
@@ -684,7 +688,7 @@ class Bench:
         memory rises to a plateau there without leaking. 0 lost in notifier's row, as everywhere."""
         users, rate, churn = (50, 20, 5) if self.smoke else (5000, 200, 50)
         secs, every = (6.0, 0.5) if self.smoke else (self.soak_minutes * 60, 10.0)
-        secret = "bench-personal-secret-long-enough-for-hs256"  # noqa: S105 - a throwaway local run
+        secret = PERSONAL_JWT_SECRET
         # History of 10 per channel fills within 5,000 x 10 / 200 = 250 s; after that Redis holds still.
         env = {
             "NOTIFIER_JWT_SECRET": secret,
@@ -1177,8 +1181,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = Path(args.profile).resolve() if args.profile else None
     if profile:
         profile.mkdir(parents=True, exist_ok=True)
-    bench = Bench(scale, workdir, args.smoke, profile)
-    bench.soak_minutes = args.soak_minutes
+    bench = Bench(scale, workdir, args.smoke, profile, args.soak_minutes)
     failures: list[str] = []
     try:
         for name in SCENARIOS:

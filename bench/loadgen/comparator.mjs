@@ -1,9 +1,17 @@
 // What the Node comparator servers (ceiling.mjs, personal.mjs) share: their JSON answers and a
 // bounded life on 127.0.0.1.
+import crypto from "node:crypto";
 import http from "node:http";
 
 /** What notifier answers a POST /api/notify with, in shape. */
 export const NOTIFY_ANSWER = '{"id":"0123456789abcdef0123456789abcdef","channels":{}}';
+
+/** An HS256 JWT of `claims`, signed with `secret` (the load generator's connection tokens too). */
+export function hs256(claims, secret) {
+  const enc = (obj) => Buffer.from(JSON.stringify(obj)).toString("base64url");
+  const head = `${enc({ alg: "HS256", typ: "JWT" })}.${enc(claims)}`;
+  return `${head}.${crypto.createHmac("sha256", secret).update(head).digest("base64url")}`;
+}
 
 export function answer(res, status, body) {
   res.writeHead(status, { "Content-Type": "application/json" });

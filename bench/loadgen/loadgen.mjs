@@ -22,11 +22,11 @@
 //
 // Events are recognised without JSON.parse: every event frame carries "data":{"s":<seq>}.
 
-import crypto from "node:crypto";
 import http from "node:http";
 import net from "node:net";
 import { performance } from "node:perf_hooks";
 import WebSocket from "ws";
+import { hs256 } from "./comparator.mjs";
 
 const config = JSON.parse(process.argv[2] || "{}");
 const now = () => performance.now();
@@ -711,9 +711,7 @@ async function httpLoad() {
 
 /** An HS256 JWT for `user` (notifier's connection token), signed with `secret`. */
 function connectionToken(user, secret) {
-  const enc = (obj) => Buffer.from(JSON.stringify(obj)).toString("base64url");
-  const head = `${enc({ alg: "HS256", typ: "JWT" })}.${enc({ sub: user, exp: Math.floor(Date.now() / 1000) + 3600 })}`;
-  return `${head}.${crypto.createHmac("sha256", secret).update(head).digest("base64url")}`;
+  return hs256({ sub: user, exp: Math.floor(Date.now() / 1000) + 3600 }, secret);
 }
 
 async function personal() {

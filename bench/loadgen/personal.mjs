@@ -7,10 +7,9 @@
 // with {"user", "event", "data"} PUBLISHes "<user> <frame>" (a notifier-like event frame) on
 // Redis; the one subscriber connection writes each frame to that user's sockets. POST /api/tokens
 // with {"user"} mints an HS256 JWT for it (201 {"token", "expires_at"}), as bench/raw_asgi.py does.
-import crypto from "node:crypto";
 import { createClient } from "@redis/client";
 import { WebSocket, WebSocketServer } from "ws";
-import { NOTIFY_ANSWER, answer, bodyServer, serve } from "./comparator.mjs";
+import { NOTIFY_ANSWER, answer, bodyServer, hs256, serve } from "./comparator.mjs";
 
 const SECRET = "raw-bench-secret-long-enough-for-hs256";
 // This process's own pub/sub channel (only its POST /api/notify publishes to it): servers side by
@@ -27,13 +26,6 @@ await subscriber.subscribe(CHANNEL, (message) => {
   const frame = message.slice(space + 1);
   for (const ws of byUser.get(message.slice(0, space)) ?? []) if (ws.readyState === WebSocket.OPEN) ws.send(frame);
 });
-
-/** An HS256 JWT of `claims`, signed with `secret`. */
-function hs256(claims, secret) {
-  const enc = (obj) => Buffer.from(JSON.stringify(obj)).toString("base64url");
-  const head = `${enc({ alg: "HS256", typ: "JWT" })}.${enc(claims)}`;
-  return `${head}.${crypto.createHmac("sha256", secret).update(head).digest("base64url")}`;
-}
 
 const server = bodyServer(async (req, res, body) => {
   if (req.method === "POST" && req.url === "/api/notify") {
