@@ -24,11 +24,12 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio.cluster import RedisCluster
 
 from realtime import metrics, process
 from realtime.bridge import run_sync
 from realtime.conf import notifier_settings
-from realtime.redis import get_redis
+from realtime.redis import cluster_mode, get_redis
 from realtime.scope import header
 
 from .exceptions import error_body
@@ -86,13 +87,16 @@ async def _check_replicas(redis: Any, required: int) -> Check:
     but does not fail readiness: every process would leave the load balancer while subscribers
     still get every event; only the publishes' acknowledgement (503 not_replicated) waits."""
     try:
-        info = await asyncio.wait_for(redis.info("replication"), CHECK_TIMEOUT_SECS)
+        infos = await asyncio.wait_for(_on_every_master(redis, redis.info, "replication"), CHECK_TIMEOUT_SECS)
     except Exception as exc:  # noqa: BLE001 - INFO refused (ACL): the publishes' WAIT still tells
         return {"ok": True, "replicas": "unknown", "required": required, "message": f"{type(exc).__name__}: {exc}"}
-    online = sum(
-        1
-        for name, value in info.items()
-        if name.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
+    online = min(  # in a cluster, the master with the fewest
+        sum(
+            1
+            for name, value in info.items()
+            if name.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
+        )
+        for info in infos
     )
     check: Check = {"ok": True, "replicas": online, "required": required}
     if online < required:
@@ -107,15 +111,19 @@ async def _check_policy(redis: Any) -> Check:
     the check passes: failing it would keep every process out of the load balancer for good
     on such a service, and the operator can check the policy in the provider's console."""
     try:
-        answer = await asyncio.wait_for(redis.config_get("maxmemory-policy"), CHECK_TIMEOUT_SECS)
+        answers = await asyncio.wait_for(
+            _on_every_master(redis, redis.config_get, "maxmemory-policy"), CHECK_TIMEOUT_SECS
+        )
     except Exception as exc:  # noqa: BLE001 - CONFIG disabled, renamed or not allowed by ACL
         return {
             "ok": True,
             "policy": "unknown",
             "message": f"CONFIG GET refused ({type(exc).__name__}: {exc}); check that maxmemory-policy is noeviction",
         }
-    policy = answer.get("maxmemory-policy", answer.get(b"maxmemory-policy"))
-    policy = policy.decode() if isinstance(policy, bytes) else policy
+    policies = [answer.get("maxmemory-policy", answer.get(b"maxmemory-policy")) for answer in answers]
+    policies = [policy.decode() if isinstance(policy, bytes) else policy for policy in policies]
+    # In a cluster, the first wrong one.
+    policy = next((policy for policy in policies if policy != "noeviction"), "noeviction")
     if policy == "noeviction":
         return {"ok": True, "policy": policy}
     return {
@@ -123,6 +131,14 @@ async def _check_policy(redis: Any) -> Check:
         "policy": policy if policy is not None else "unknown",
         "message": "set maxmemory-policy noeviction: eviction deletes history, idempotency records and Celery queues",
     }
+
+
+async def _on_every_master(redis: Any, command: Any, *args: Any) -> list[Any]:
+    """`command`'s answer from the master, or in cluster mode from every master."""
+    if not cluster_mode():
+        return [await command(*args)]
+    answers = await command(*args, target_nodes=RedisCluster.PRIMARIES)
+    return list(answers.values())
 
 
 @dataclass

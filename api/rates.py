@@ -9,6 +9,7 @@ per key (O(rate) per request).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import NamedTuple
@@ -18,15 +19,17 @@ from redis.exceptions import RedisError
 
 from realtime.conf import notifier_settings
 from realtime.publish import Unavailable
-from realtime.redis import LuaScript
+from realtime.redis import LuaScript, cluster_mode, get_redis
 
 PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600, "d": 86400}
 
-# KEYS: the key generation, this key's counter for the current window. ARGV: cost, window TTL.
+# KEYS: this key's counter for the current window, then (on one Redis) the key generation.
+# ARGV: cost, window TTL. In cluster mode the two keys are in different slots: the generation is
+# read by a GET sent at the same time.
 _COUNT_AND_READ_GENERATION = LuaScript("""
-local used = redis.call('INCRBY', KEYS[2], ARGV[1])
-if used == tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
-return {used, redis.call('GET', KEYS[1]) or false}
+local used = redis.call('INCRBY', KEYS[1], ARGV[1])
+if used == tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return {used, KEYS[2] and redis.call('GET', KEYS[2]) or false}
 """)
 
 
@@ -71,7 +74,13 @@ async def count(key_hash: str, cost: int) -> Counted:
         return Counted(Window(_local.add(key_hash, window, cost), limit, retry_after), None)
     rate_key = f"{notifier_settings.REDIS_PREFIX}:rate:{key_hash[:32]}:{window}"
     try:
-        used, generation = await _COUNT_AND_READ_GENERATION.run([generation_key(), rate_key], [cost, period + 1])
+        if cluster_mode():
+            counted, generation = await asyncio.gather(
+                _COUNT_AND_READ_GENERATION.run([rate_key], [cost, period + 1]), get_redis().get(generation_key())
+            )
+            used = counted[0]
+        else:
+            used, generation = await _COUNT_AND_READ_GENERATION.run([rate_key, generation_key()], [cost, period + 1])
     except (RedisError, OSError) as exc:
         raise Unavailable("Redis is unavailable; the event was not published") from exc
     return Counted(Window(int(used), limit, retry_after), generation)

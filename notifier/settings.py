@@ -180,16 +180,16 @@ REDIS_CONNECT_TIMEOUT_SECS = env_int("NOTIFIER_REDIS_CONNECT_TIMEOUT_SECS", DEFA
 REDIS_SOCKET_TIMEOUT_SECS = env_int("NOTIFIER_REDIS_SOCKET_TIMEOUT_SECS", DEFAULTS["REDIS_SOCKET_TIMEOUT_SECS"])
 
 
-def _sentinel_address(item: str) -> tuple[str, int]:
-    """`host:port`, `host` (port 26379) or `[v6]:port`."""
-    host, port = item, "26379"
+def _node_address(item: str, default_port: str = "6379", variable: str = "NOTIFIER_REDIS_CLUSTER") -> tuple[str, int]:
+    """`host:port`, `host` (the default port) or `[v6]:port`."""
+    host, port = item, default_port
     if item.startswith("["):
         host, _, rest = item[1:].partition("]")
         port = rest.removeprefix(":") or port
     elif item.count(":") == 1:
         host, _, port = item.partition(":")
     if not host or not port.isdigit():
-        raise ImproperlyConfigured(f"NOTIFIER_REDIS_SENTINELS: {item!r} is not host:port")
+        raise ImproperlyConfigured(f"{variable}: {item!r} is not host:port")
     return host, int(port)
 
 
@@ -200,7 +200,9 @@ def _redis_sentinel() -> dict[str, Any] | None:
     production mode on) gives only the master's db number, username and password, and its host
     and port are ignored.
     """
-    sentinels = [_sentinel_address(item) for item in env_list("NOTIFIER_REDIS_SENTINELS", [])]
+    sentinels = [
+        _node_address(item, "26379", "NOTIFIER_REDIS_SENTINELS") for item in env_list("NOTIFIER_REDIS_SENTINELS", [])
+    ]
     if not sentinels:
         return None
     master_name = env_str("NOTIFIER_REDIS_SENTINEL_MASTER", "")
@@ -243,6 +245,34 @@ def _redis_sentinel() -> dict[str, Any] | None:
 REDIS_SENTINEL = _redis_sentinel()
 
 
+def _redis_cluster() -> list[tuple[str, int]] | None:
+    """NOTIFIER_REDIS_CLUSTER: the seed nodes of a Redis Cluster (host:port, comma-separated).
+
+    REDIS_URL is still required (it turns production mode on) and gives the nodes' username,
+    password and TLS (`rediss://`); its host, port and db are ignored (a cluster has db 0 only).
+    """
+    seeds = [_node_address(item) for item in env_list("NOTIFIER_REDIS_CLUSTER", [])]
+    if not seeds:
+        return None
+    if EMBEDDED:
+        raise ImproperlyConfigured(
+            "REDIS_URL must be set with NOTIFIER_REDIS_CLUSTER, e.g. redis://:password@cluster/0: "
+            "its password and scheme (rediss:// for TLS) apply to every node, its host and port are ignored"
+        )
+    if REDIS_SENTINEL is not None:
+        raise ImproperlyConfigured("NOTIFIER_REDIS_CLUSTER and NOTIFIER_REDIS_SENTINELS exclude each other")
+    if not env_str("CELERY_BROKER_URL", ""):
+        raise ImproperlyConfigured(
+            "CELERY_BROKER_URL must be set with NOTIFIER_REDIS_CLUSTER: Celery cannot use a Redis Cluster. "
+            "Use RabbitMQ (amqp://guest:guest@localhost:5672//) or a plain Redis of its own (redis://…)"
+        )
+    return seeds
+
+
+# Redis Cluster's seed nodes, or None: read by realtime.redis.get_redis and the channel layer.
+REDIS_CLUSTER = _redis_cluster()
+
+
 def _celery_sentinel_url(sentinel: dict[str, Any]) -> str:
     """Kombu's form: `sentinel://:password@host:port/db;sentinel://…` (credentials are the master's)."""
     kwargs = sentinel["master_kwargs"]
@@ -262,6 +292,15 @@ if EMBEDDED:
             # per-socket queue: keep it far above a burst.
             "BACKEND": "channels.layers.InMemoryChannelLayer",
             "CONFIG": {"capacity": 100_000},
+        }
+    }
+elif REDIS_CLUSTER is not None:
+    CHANNEL_LAYERS = {
+        "default": {
+            # Sharded pub/sub (SSUBSCRIBE / SPUBLISH): a channel's messages go only to the shard
+            # that holds its history, and from it only to the processes subscribed (realtime/broker.py).
+            "BACKEND": "realtime.broker.ShardedLayer",
+            "CONFIG": {"prefix": env_str("NOTIFIER_LAYER_PREFIX", "notifier")},
         }
     }
 else:
@@ -298,8 +337,9 @@ else:
     }
 
 # Django's cache (for the project's own use; the publish rate is counted in api/rates.py) is shared by every process.
+# Django's RedisCache cannot use a cluster: there, as in the embedded mode, the cache is per process.
 _cache: dict[str, Any] = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
-if not EMBEDDED:
+if not EMBEDDED and REDIS_CLUSTER is None:
     _cache = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,

@@ -31,26 +31,35 @@ which fails loudly if a new release changes their shape:
   each of its layer channels: the hubs then check their channels' positions at once,
   delivering from history what was published while the reader was away.
 
-This module is the seam where another backend (Redis Cluster's sharded pub/sub) plugs in.
+In cluster mode (NOTIFIER_REDIS_CLUSTER) the layer is `ShardedLayer`: the same messages over
+Redis Cluster's sharded pub/sub (see its docstring); channels-redis has no cluster support.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import uuid
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from channels.layers import get_channel_layer
+import msgpack
+from channels.layers import BaseChannelLayer, get_channel_layer
 from channels_redis import pubsub
 from channels_redis.serializers import MsgPackSerializer
 from channels_redis.utils import _wrap_close
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from . import frames, metrics
 from .channels import group_of
 from .history import Append, SendFrom, Stored
+from .redis import get_redis, node_client, owner_of
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +128,255 @@ class PubSubLayer(pubsub.RedisPubSubChannelLayer):
         return layer
 
 
+# -- Redis Cluster ---------------------------------------------------------------------------
+
+
+class ShardedLayer(BaseChannelLayer):
+    """CHANNEL_LAYERS' backend in cluster mode: each group is a sharded pub/sub channel,
+    `<prefix>:g:{<group>}`, on the node that owns its slot, the slot of the channel's history
+    keys too (`channels.in_keys`). So a publish goes from the append script (SPUBLISH) to that
+    shard only, and from it only to the processes subscribed (SSUBSCRIBE, one per group this
+    process has members in). Layer channels (`new_channel`) are local queues: a hub receives
+    from its own process only, which is all this project sends to a channel.
+
+    Reading: one task per node this process has subscriptions on, each on a connection of its
+    own. redis-py's ClusterPubSub is not used: it borrows its connections from RedisCluster's
+    pools, which drop every connection at each slot-map refresh, so every refresh (and a
+    failover makes several) broke every subscription. Redis pushes `sunsubscribe` when a slot
+    moves (a migration, a failover), and a node's connection breaks when it dies: either way the
+    slot map is refreshed and each subscription moves to its slot's owner
+    (docs/design/redis-cluster.md). What was published meanwhile reached no hub live, so every
+    local channel then gets a `hub.resync` (the hubs check their positions and fill gaps from
+    history), as on one Redis.
+    """
+
+    extensions = ["groups"]
+
+    def __init__(self, prefix: str = "notifier", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.prefix = prefix
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ShardedLoop] = weakref.WeakKeyDictionary()
+
+    def shard_channel(self, group: str) -> str:
+        return f"{self.prefix}:g:{{{group}}}"
+
+    def send_from(self) -> SendFrom:
+        """How the append script publishes to this layer (`script_send`)."""
+        return SendFrom(f"{self.prefix}:g:{{", EVENT, MESSAGE_BYTES, command="SPUBLISH", suffix="}")
+
+    def _loop(self) -> _ShardedLoop:
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            state = self._loops[loop] = _ShardedLoop(get_redis())
+        return state
+
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        name = f"{prefix}{uuid.uuid4().hex}"
+        self._loop().queues[name] = asyncio.Queue()
+        return name
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        message: dict[str, Any] = await self._loop().queues.setdefault(channel, asyncio.Queue()).get()
+        return message
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """To a layer channel of this process (the hub's own); others are not reachable here."""
+        queue = self._loop().queues.get(channel)
+        if queue is not None:
+            queue.put_nowait(message)
+
+    async def group_add(self, group: str, channel: str) -> None:
+        state = self._loop()
+        members = state.groups.setdefault(group, set())
+        members.add(channel)
+        if len(members) == 1:
+            await state.subscribe(self.shard_channel(group), group)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        state = self._loop()
+        members = state.groups.get(group)
+        if members is None or channel not in members:
+            return
+        members.discard(channel)
+        if not members:
+            del state.groups[group]
+            await state.unsubscribe(self.shard_channel(group))
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        await get_redis().spublish(self.shard_channel(group), msgpack.packb(message))
+
+    async def group_send_many(self, messages: Sequence[Message]) -> None:
+        """Several group_sends as one pipeline per node, all sent at once."""
+        async with get_redis().pipeline(transaction=False) as pipe:
+            for group, message in messages:
+                pipe.spublish(self.shard_channel(group), msgpack.packb(message))
+            await pipe.execute()
+
+    async def flush(self) -> None:
+        for state in list(self._loops.values()):
+            await state.close()
+        self._loops.clear()
+
+    async def close(self) -> None:
+        await self.flush()
+
+
+class _SlotAwarePubSub(PubSub):
+    """A node's PubSub that, reconnecting, subscribes again one slot at a time: redis-py's
+    batches every shard channel in one SSUBSCRIBE, which Redis refuses (CROSSSLOT)."""
+
+    async def _resubscribe_shard_channels(self) -> None:
+        by_slot: dict[int, dict[Any, Any]] = {}
+        for channel, handler in self.shard_channels.items():
+            by_slot.setdefault(key_slot(self.encoder.encode(channel)), {})[channel] = handler
+        for subscriptions in by_slot.values():
+            await self._resubscribe(subscriptions, self.ssubscribe)
+
+
+class _NodeSubscriptions:
+    """One node's shard subscriptions, on a connection of their own (not from RedisCluster's
+    pools, whose connections it recycles at every slot-map refresh), and the task reading them."""
+
+    def __init__(self, name: str, host: str, port: int) -> None:
+        self.name = name
+        self.client = node_client(host, port)
+        self.pubsub = _SlotAwarePubSub(self.client.connection_pool)
+        self.reader: asyncio.Task[None] | None = None
+
+    async def close(self) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
+            await asyncio.gather(self.reader, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.pubsub.aclose()
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+
+
+class _ShardedLoop:
+    """ShardedLayer's state on one event loop: its queues, groups, and subscriptions by node."""
+
+    def __init__(self, cluster: RedisCluster) -> None:
+        self.cluster = cluster
+        self.queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self.groups: dict[str, set[str]] = {}  # group -> its members among the queues
+        self.by_shard_channel: dict[bytes, str] = {}  # subscribed shard channel -> its group
+        self.homes: dict[bytes, str] = {}  # subscribed shard channel -> the node holding it
+        self.nodes: dict[str, _NodeSubscriptions] = {}  # node name -> its subscriptions
+        self._rehoming: asyncio.Lock = asyncio.Lock()
+
+    async def subscribe(self, shard_channel: str, group: str) -> None:
+        channel = shard_channel.encode()
+        self.by_shard_channel[channel] = group
+        await self.cluster.initialize()
+        await self._subscribe_at_owner(channel)
+
+    async def unsubscribe(self, shard_channel: str) -> None:
+        channel = shard_channel.encode()
+        self.by_shard_channel.pop(channel, None)
+        home = self.nodes.get(self.homes.pop(channel, ""))
+        if home is not None:
+            await home.pubsub.sunsubscribe(channel)
+
+    async def _subscribe_at_owner(self, channel: bytes) -> None:
+        owner = owner_of(self.cluster, channel.decode())
+        home = self.nodes.get(owner.name)
+        if home is None:
+            home = self.nodes[owner.name] = _NodeSubscriptions(owner.name, owner.host, int(owner.port))
+        self.homes[channel] = owner.name
+        await home.pubsub.ssubscribe(channel)
+        if home.reader is None or home.reader.done():
+            home.reader = asyncio.get_running_loop().create_task(self._read(home))
+
+    def _forget(self, channel: bytes) -> None:
+        """Drop `channel` from the node that held it, without telling that node (it pushed
+        `sunsubscribe` itself, or it is down)."""
+        home = self.nodes.get(self.homes.pop(channel, ""))
+        if home is not None:
+            home.pubsub.shard_channels.pop(channel, None)
+            home.pubsub.pending_unsubscribe_shard_channels.discard(channel)
+
+    async def _read(self, home: _NodeSubscriptions) -> None:
+        delay = 0.0  # > 0 while this node is away
+        while any(name == home.name for name in self.homes.values()):
+            try:
+                message = await home.pubsub.get_message(timeout=READ_TIMEOUT_SECS * 10)
+            except (asyncio.CancelledError, GeneratorExit):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the node is away (killed, failing over): follow the slots
+                if not delay:
+                    logger.warning("channel layer lost Redis node %s (%s: %s)", home.name, type(exc).__name__, exc)
+                    metrics.inc("notifier_redis_errors", operation="layer_receive")
+                delay = min(MAX_RETRY_SECS, max(FIRST_RETRY_SECS, 2 * delay))
+                await asyncio.sleep(delay)
+                await self._rehome()
+                continue
+            if delay:
+                delay = 0.0
+                logger.warning(
+                    "channel layer reads Redis node %s again; hubs check their channels' positions", home.name
+                )
+                self._resync()
+            if message is not None:
+                await self._on_message(message)
+        if self.nodes.get(home.name) is home:
+            del self.nodes[home.name]
+        home.reader = None  # this task: ending now, not to be cancelled by close()
+        await home.close()
+
+    async def _on_message(self, message: dict[str, Any]) -> None:
+        kind, channel = message["type"], message["channel"]
+        if kind == "smessage":
+            group = self.by_shard_channel.get(channel)
+            members = self.groups.get(group, ()) if group is not None else ()
+            if members:
+                data = msgpack.unpackb(message["data"], raw=False)
+                for member in members:
+                    queue = self.queues.get(member)
+                    if queue is not None:
+                        queue.put_nowait(data)
+        elif kind == "sunsubscribe" and channel in self.by_shard_channel and channel in self.homes:
+            # Pushed by Redis, not asked for: the channel's slot moved (a migration, a failover).
+            logger.warning("channel layer: %s moved to another node; following it", channel.decode())
+            self._forget(channel)
+            await self._rehome()
+
+    async def _rehome(self) -> None:
+        """Refresh the slot map; subscribe each channel whose slot has another owner now (or
+        that lost its home) there; then have the hubs check their positions, since what was
+        published meanwhile reached no hub."""
+        async with self._rehoming:
+            try:
+                await self.cluster.nodes_manager.initialize()
+            except Exception as exc:  # noqa: BLE001 - the cluster is still failing over: the reader retries
+                logger.debug("slot map refresh failed: %s", exc)
+                return
+            moved = 0
+            for channel in list(self.by_shard_channel):
+                owner = owner_of(self.cluster, channel.decode()).name
+                if self.homes.get(channel) == owner:
+                    continue
+                self._forget(channel)
+                try:
+                    await self._subscribe_at_owner(channel)
+                    moved += 1
+                except Exception as exc:  # noqa: BLE001 - not reachable yet: the next refresh retries
+                    logger.debug("subscribing %s at %s failed: %s", channel, owner, exc)
+            if moved:
+                logger.warning("channel layer: %d channels follow their slots to new nodes", moved)
+            self._resync()
+
+    def _resync(self) -> None:
+        for queue in self.queues.values():
+            queue.put_nowait({"type": RESYNC})
+
+    async def close(self) -> None:
+        for home in list(self.nodes.values()):
+            await home.close()
+        self.nodes.clear()
+
+
 # -- sending ---------------------------------------------------------------------------------
 
 Message = tuple[str, dict[str, Any]]  # (group, message)
@@ -134,6 +392,8 @@ def script_send(layer: Any) -> SendFrom | None:
     (no encryption, no prefix), whose bytes Redis's cmsgpack writes the same way
     (tests/test_broker.py holds the two to each other).
     """
+    if isinstance(layer, ShardedLayer):
+        return layer.send_from()
     if not isinstance(layer, PubSubLayer) or not layer.history_redis or len(layer._kwargs.get("hosts") or []) != 1:
         return None
     serializer = layer._serializer
@@ -196,6 +456,9 @@ async def send_messages(layer: Any, messages: list[Message]) -> None:
     """group_send each message; on the Redis pub/sub layer with several messages, as one
     pipeline per Redis shard: the same pub/sub channels, serialized by the same layer, on the
     same connection (under the same lock), in order."""
+    if isinstance(layer, ShardedLayer) and len(messages) > 1:
+        await layer.group_send_many(messages)
+        return
     loop_layer = layer._get_layer() if isinstance(layer, pubsub.RedisPubSubChannelLayer) and len(messages) > 1 else None
     if loop_layer is None:
         for group, message in messages:

@@ -15,6 +15,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 
 from .conf import notifier_settings
+from .redis import cluster_mode, tag
 
 MAX_CHANNEL_LENGTH = 128
 CHANNEL_RE = re.compile(r"[A-Za-z0-9_.\-@=]+(:[A-Za-z0-9_.\-:@=]+)?")
@@ -130,6 +131,13 @@ def group_of(channel: str) -> str:
     if len(group) <= _GROUP_MAX:
         return group
     return "chh." + hashlib.sha256(channel.encode()).hexdigest()
+
+
+def in_keys(channel: str) -> str:
+    """The channel as its Redis keys name it: itself on one Redis; in cluster mode its group
+    inside a hash tag, the tag of its sharded pub/sub channel too (realtime/broker.py), so its
+    history, presence and messages live on one node and a script can do all of it at once."""
+    return tag(group_of(channel)) if cluster_mode() else channel
 
 
 def personal_channel(user_id: str) -> str:

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from . import events, rewinds
-from .channels import group_of
+from .channels import group_of, in_keys
 from .conf import notifier_settings
 from .frames import FrameTemplate
-from .redis import KEYS_PER_SCRIPT_CALL, Call, LuaScript, Replicas, get_redis
+from .redis import KEYS_PER_SCRIPT_CALL, LuaScript, Replicas, get_redis, same_slot
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,19 @@ class Append:
 
 @dataclass(frozen=True)
 class SendFrom:
-    """The append script also PUBLISHes what it stored (realtime/broker.py `script_send`): to
-    `prefix` + the channel's group, as the channel layer's `message_type` messages (msgpack),
-    each holding consecutive frames of at most `message_bytes`."""
+    """The append script also publishes what it stored (realtime/broker.py `script_send`): with
+    `command` (PUBLISH, or SPUBLISH on a cluster) to `prefix` + the channel's group + `suffix`,
+    as the channel layer's `message_type` messages (msgpack), each holding consecutive frames of
+    at most `message_bytes`."""
 
     prefix: str
     message_type: str
     message_bytes: int
+    command: str = "PUBLISH"
+    suffix: str = ""
+
+    def target(self, channel: str) -> str:
+        return self.prefix + group_of(channel) + self.suffix
 
 
 @dataclass(frozen=True)
@@ -125,10 +131,11 @@ local master = type(info) == 'string' and string.match(info, 'master_replid:(%x+
 
 # One call appends a channel's frames of one publish (or batch): they get consecutive offsets.
 # KEYS: the meta hash, the log stream. ARGV: a new epoch (used if history is gone or was written
-# under another master), max length, TTL; the pub/sub channel to PUBLISH the frames on ("": not
-# here), the channel, the most frame bytes per message, the message type; the frame head (the
-# same for every event of a channel), then one frame tail per event. Returns {first offset,
-# epoch, 1 if it moved the epoch because another master wrote the history, the current master}.
+# under another master), max length, TTL; the pub/sub channel to publish the frames on ("": not
+# here), the channel, the most frame bytes per message, the message type, the command (PUBLISH or
+# SPUBLISH); the frame head (the same for every event of a channel), then one frame tail per
+# event. Returns {first offset, epoch, 1 if it moved the epoch because another master wrote the
+# history, the current master}.
 # Meta written before masters were recorded adopts the current one. The messages are what
 # channels-redis's msgpack serializer makes of broker.event_messages' dicts.
 _APPEND = LuaScript(
@@ -146,18 +153,18 @@ if not epoch then
 elseif not meta[2] then
   redis.call('HSET', KEYS[1], 'master', master)
 end
-local count = #ARGV - 8
+local count = #ARGV - 9
 local first = redis.call('HINCRBY', KEYS[1], 'offset', count) - count + 1
 local middle = ',"epoch":"' .. epoch .. '"'
 local target, limit = ARGV[4], tonumber(ARGV[6])
 local run, run_first, run_bytes = {}, first, 0
 local function send()
   local message = {type = ARGV[7], channel = ARGV[5], offset = run_first, epoch = epoch, frames = run}
-  redis.call('PUBLISH', target, cmsgpack.pack(message))
+  redis.call(ARGV[8], target, cmsgpack.pack(message))
 end
 for i = 1, count do
   local offset = first + i - 1
-  local frame = ARGV[8] .. offset .. middle .. ARGV[8 + i]
+  local frame = ARGV[9] .. offset .. middle .. ARGV[9 + i]
   redis.call('XADD', KEYS[2], offset .. '-0', 'f', frame)
   if target ~= '' then
     if #run > 0 and run_bytes + #frame > limit then
@@ -230,7 +237,7 @@ class RedisHistory:
         self._prefix = prefix
 
     def _keys(self, channel: str) -> tuple[str, str]:
-        base = f"{self._prefix}:h:{channel}"
+        base = f"{self._prefix}:h:{in_keys(channel)}"
         return f"{base}:meta", f"{base}:log"
 
     async def erase(self, channel: str) -> None:
@@ -248,9 +255,9 @@ class RedisHistory:
         for channel, indexes in by_channel.items():
             first = items[indexes[0]]
             tails = [items[i].template.tail for i in indexes]
-            target = ["", channel, 0, ""]
+            target = ["", channel, 0, "", ""]
             if send is not None:
-                target = [send.prefix + group_of(channel), channel, send.message_bytes, send.message_type]
+                target = [send.target(channel), channel, send.message_bytes, send.message_type, send.command]
             args = [new_epoch(), first.size, first.ttl_secs, *target, first.template.head, *tails]
             calls.append((self._keys(channel), args))
         replicas = Replicas.required()
@@ -295,21 +302,25 @@ class RedisHistory:
         behind the position this process delivered, in its epoch. One round trip, and one more
         only for the channels that need moving."""
         metas = [self._keys(channel)[0] for channel, _ in delivered]
-        calls: list[Call] = [
-            (metas[i : i + KEYS_PER_SCRIPT_CALL], []) for i in range(0, len(metas), KEYS_PER_SCRIPT_CALL)
+        chunks = [
+            group[i : i + KEYS_PER_SCRIPT_CALL]
+            for group in same_slot(metas, range(len(metas)))
+            for i in range(0, len(group), KEYS_PER_SCRIPT_CALL)
         ]
-        replies = await _POSITIONS.run_many(calls)
-        # INFO refused (an ACL): "", as the scripts record then; only the behind-check applies.
-        master = _text(replies[0][0])
-        fields = [field for reply in replies for field in reply[1:]]
-        rows = [fields[i : i + 3] for i in range(0, len(fields), 3)]
-        positions, suspect = [], []
-        for index, ((_, position), (epoch, offset, written_by)) in enumerate(zip(delivered, rows, strict=True)):
-            latest = _meta_position(epoch, offset)
-            positions.append(latest)
-            foreign = written_by is not None and _text(written_by) != master
-            if epoch and (foreign or (latest.epoch == position.epoch and latest.offset < position.offset)):
-                suspect.append(index)
+        replies = await _POSITIONS.run_many([([metas[i] for i in chunk], []) for chunk in chunks])
+        positions: list[Position] = [Position(0, "")] * len(delivered)
+        suspect = []
+        for chunk, reply in zip(chunks, replies, strict=True):
+            # The master that ran this call (each node has its own in a cluster). INFO refused
+            # (an ACL): "", as the scripts record then; only the behind-check applies.
+            master = _text(reply[0])
+            for index, i in enumerate(chunk):
+                epoch, offset, written_by = reply[1 + 3 * index : 4 + 3 * index]
+                latest = positions[i] = _meta_position(epoch, offset)
+                position = delivered[i][1]
+                foreign = written_by is not None and _text(written_by) != master
+                if epoch and (foreign or (latest.epoch == position.epoch and latest.offset < position.offset)):
+                    suspect.append(i)
         if suspect:
             calls = [
                 (self._keys(delivered[i][0]), [new_epoch(), delivered[i][1].epoch, delivered[i][1].offset])

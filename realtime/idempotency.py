@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .conf import notifier_settings
-from .redis import get_redis
+from .redis import cluster_mode, get_redis
 
 PENDING = "pending"
 CLAIM_TTL_SECS = 30  # how long a claim blocks duplicates if its publisher dies before answering
@@ -82,7 +82,9 @@ class RedisIdempotencyStore:
                 pipe.set(key, PENDING, nx=True, ex=CLAIM_TTL_SECS)
             won = await pipe.execute()
         taken = [key for key, ours in zip(keys, won, strict=True) if not ours]
-        values = dict(zip(taken, await redis.mget(taken), strict=True)) if taken else {}
+        # MGET takes one slot's keys only; RedisCluster's mget_nonatomic splits them by slot.
+        mget = redis.mget_nonatomic if cluster_mode() else redis.mget
+        values = dict(zip(taken, await mget(taken), strict=True)) if taken else {}
         found: list[str | None] = []
         for key, ours in zip(keys, won, strict=True):
             value = values.get(key)
@@ -97,7 +99,7 @@ class RedisIdempotencyStore:
 
     async def release_many(self, keys: list[str]) -> None:
         if keys:
-            await get_redis().delete(*keys)
+            await get_redis().delete(*keys)  # RedisCluster splits a DEL by slot
 
 
 class MemoryIdempotencyStore:

@@ -223,11 +223,11 @@ async def flush(final: bool = False) -> None:
             if final:
                 pipe.delete(gauges_key)
             else:
-                pipe.hset(gauges_key, mapping=dict(_gauges()))  # type: ignore[arg-type]
+                pipe.hset(gauges_key, mapping=dict(_gauges()))
                 pipe.expire(gauges_key, GAUGE_TTL_SECS)
             counts = {} if final else local_channel_counts()
             if counts:
-                pipe.hset(channels_key, mapping=counts)  # type: ignore[arg-type]
+                pipe.hset(channels_key, mapping=counts)
                 pipe.expire(channels_key, GAUGE_TTL_SECS)
             await pipe.execute()
     except Exception:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from .channels import in_keys
 from .conf import notifier_settings
 from .redis import get_redis, score_members
 from .rosters import live_entries
@@ -77,10 +78,10 @@ class RedisPresenceStore:
         self._prefix = prefix
 
     def _set(self, channel: str) -> str:
-        return f"{self._prefix}:p:{channel}"
+        return f"{self._prefix}:p:{in_keys(channel)}"
 
     def _marker(self, channel: str, user: str) -> str:
-        return f"{self._prefix}:pl:{channel}:{user}"
+        return f"{self._prefix}:pl:{in_keys(channel)}:{user}"
 
     async def join(self, channel: str, user: str, conn_id: str) -> bool:
         """Add an entry; True when the user was not already present (announce a join)."""

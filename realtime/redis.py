@@ -6,6 +6,11 @@ BlockingConnectionPool waits for a free connection instead, so a burst queues ra
 With Sentinel (`settings.REDIS_SENTINEL`, from NOTIFIER_REDIS_SENTINELS), the pool asks the
 Sentinels for the current master before each new connection, and after a failover reconnects to
 the new one; REDIS_URL then supplies only the db number and credentials.
+
+With Redis Cluster (`settings.REDIS_CLUSTER`, from NOTIFIER_REDIS_CLUSTER) the client is redis-py's
+RedisCluster, which follows MOVED and ASK and refreshes its slot map after a failover. Every key
+that a script or a transaction uses together with another carries the same hash tag (`tag()`),
+so it runs on one node; scripts never run over keys of several slots.
 """
 
 from __future__ import annotations
@@ -17,19 +22,45 @@ import os
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.sentinel
 from django.conf import settings
 from redis import asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.exceptions import NoScriptError
+from redis.crc import key_slot
+from redis.exceptions import AskError, MovedError, NoScriptError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .conf import notifier_settings
 
 logger = logging.getLogger(__name__)
 
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = weakref.WeakKeyDictionary()
+# aioredis.Redis, or RedisCluster in cluster mode: every command this project sends is on both.
+Client = Any
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Client] = weakref.WeakKeyDictionary()
+# RedisCluster raises MaxConnectionsError past this many connections to one node instead of
+# waiting (DESIGN §8): far above what one process keeps in flight to a node.
+CLUSTER_MAX_CONNECTIONS_PER_NODE = 1000
+
+
+def cluster_mode() -> bool:
+    """Whether Redis is a cluster (NOTIFIER_REDIS_CLUSTER)."""
+    return getattr(settings, "REDIS_CLUSTER", None) is not None
+
+
+def tag(name: str) -> str:
+    """`name` as it appears in its keys: itself on one Redis; in cluster mode a hash tag, so that
+    every key made with it maps to one slot (and its scripts run on one node). Only in cluster
+    mode: keys on an existing single Redis keep their names across an upgrade."""
+    return f"{{{name}}}" if cluster_mode() else name
+
+
+def slot_of(key: str) -> int:
+    """The cluster slot of `key` (hash tag included)."""
+    return int(key_slot(key.encode()))
 
 
 class BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
@@ -48,10 +79,12 @@ class SentinelCachePool(redis.sentinel.SentinelConnectionPool):
         return cls(sentinel["master_name"], manager, **sentinel["master_kwargs"], **options)
 
 
-def get_redis() -> aioredis.Redis:
+def get_redis() -> Client:
     """The Redis client of the running event loop (created on first use)."""
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
+    if client is None and cluster_mode():
+        client = _clients[loop] = _cluster_client()
     if client is None:
         options: dict[str, Any] = {
             "max_connections": notifier_settings.REDIS_MAX_CONNECTIONS,
@@ -76,6 +109,81 @@ def get_redis() -> aioredis.Redis:
             )
         _clients[loop] = client
     return client
+
+
+class _ClosedWriteIsConnectionError:
+    """redis-py#4287: writing on a pooled connection that the peer closed (a killed cluster
+    node) raises the transport's own error instead of ConnectionError: under uvloop
+    `RuntimeError: unable to perform operation on <TCPTransport closed=True>`, or
+    `AttributeError: 'NoneType' object has no attribute 'writelines'` once redis-py dropped the
+    writer. RedisCluster then neither refreshes its slot map nor retries, and the caller sees
+    no RedisError (seen here with a master killed: 500s)."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        except (RuntimeError, AttributeError, TypeError) as exc:
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            raise RedisConnectionError(f"Error while writing to a closed connection: {exc}") from exc
+
+
+class _ClusterConnection(_ClosedWriteIsConnectionError, aioredis.Connection):
+    pass
+
+
+class _ClusterSSLConnection(_ClosedWriteIsConnectionError, SSLConnection):
+    pass
+
+
+def owner_of(cluster: RedisCluster, key: str) -> ClusterNode:
+    """The master that owns `key`'s slot, as the client's slot map says now."""
+    node = cluster.get_node_from_key(key)
+    if node is None:
+        raise SlotNotCoveredError(f"no node holds the slot of {key!r}")
+    return node
+
+
+def _cluster_client() -> RedisCluster:
+    """A RedisCluster from the seed nodes; REDIS_URL gives the credentials and TLS."""
+    url: dict[str, Any] = dict(parse_url(notifier_settings.REDIS_URL))
+    credentials = {name: url[name] for name in ("username", "password") if url.get(name)}
+    ssl = notifier_settings.REDIS_URL.startswith("rediss://")
+    client = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in settings.REDIS_CLUSTER or ()],
+        ssl=ssl,
+        max_connections=CLUSTER_MAX_CONNECTIONS_PER_NODE,
+        socket_connect_timeout=notifier_settings.REDIS_CONNECT_TIMEOUT_SECS,
+        socket_timeout=notifier_settings.REDIS_SOCKET_TIMEOUT_SECS,
+        socket_keepalive=True,
+        health_check_interval=10,
+        client_name=f"notifier-{os.getpid()}",
+        **credentials,
+    )
+    # RedisCluster takes no connection class: its nodes, and those it discovers, read this one.
+    connection_class = _ClusterSSLConnection if ssl else _ClusterConnection
+    client.connection_kwargs["connection_class"] = connection_class
+    for node in client.startup_nodes:
+        node.connection_class = connection_class
+    return client
+
+
+def node_client(host: str, port: int) -> aioredis.Redis:
+    """A client of one cluster node alone, with REDIS_URL's credentials and TLS: for the channel
+    layer's subscriptions (realtime/broker.py), which must not share RedisCluster's pools."""
+    url = parse_url(notifier_settings.REDIS_URL)
+    ssl = notifier_settings.REDIS_URL.startswith("rediss://")
+    pool = aioredis.ConnectionPool(
+        connection_class=_ClusterSSLConnection if ssl else _ClusterConnection,
+        host=host,
+        port=port,
+        username=url.get("username"),
+        password=url.get("password"),
+        socket_connect_timeout=notifier_settings.REDIS_CONNECT_TIMEOUT_SECS,
+        socket_keepalive=True,
+        health_check_interval=10,
+        client_name=f"notifier-{os.getpid()}-layer",
+    )
+    return aioredis.Redis(connection_pool=pool)
 
 
 Call = tuple[Sequence[str], Sequence[Any]]  # (keys, args) of one script call
@@ -125,9 +233,9 @@ class LuaScript:
                 raise result
         return results, acked
 
-    async def _pipelined(
-        self, redis: aioredis.Redis, calls: Sequence[Call], replicas: Replicas
-    ) -> tuple[list[Any], int]:
+    async def _pipelined(self, redis: Client, calls: Sequence[Call], replicas: Replicas) -> tuple[list[Any], int]:
+        if cluster_mode():
+            return await self._pipelined_on_cluster(redis, calls, replicas)
         async with redis.pipeline(transaction=False) as pipe:
             for keys, args in calls:
                 pipe.evalsha(self.sha, len(keys), *keys, *args)
@@ -136,11 +244,60 @@ class LuaScript:
             results = list(await pipe.execute(raise_on_error=False))
         if not replicas.count:
             return results, 0
-        acked = results.pop()
-        if isinstance(acked, Exception):  # WAIT refused (an ACL, a proxy): the writes happened, unconfirmed
-            logger.warning("WAIT failed after the writes: %s", acked)
-            return results, 0
-        return results, int(acked)
+        return results, _acked(results.pop())
+
+    async def _pipelined_on_cluster(
+        self, cluster: RedisCluster, calls: Sequence[Call], replicas: Replicas
+    ) -> tuple[list[Any], int]:
+        """The calls as one pipeline per node, all sent at once (RedisCluster groups them by
+        their keys' slots). redis-py refuses `evalsha` in a cluster pipeline (redis-py#2914);
+        the raw command is routed by its keys like any other.
+
+        With `replicas.count`, each node's pipeline ends with a WAIT on the connection that made
+        its writes. A call that MOVED or ASK sends elsewhere would then escape its WAIT, so
+        redirections are not followed here: the slot map is refreshed and those calls run again
+        (a redirected call ran nothing), each batch with its own WAITs; the fewest acks count."""
+        await cluster.initialize()
+        results: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        acked = replicas.count
+        for attempt in range(REDIRECT_ATTEMPTS):
+            nodes = {owner_of(cluster, calls[i][0][0]).name: i for i in pending} if replicas.count else {}
+            async with cluster.pipeline(transaction=False) as pipe:
+                for i in pending:
+                    keys, args = calls[i]
+                    pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+                for i in nodes.values():
+                    node = owner_of(cluster, calls[i][0][0])
+                    pipe.execute_command("WAIT", replicas.count, replicas.timeout_ms, target_nodes=node)
+                replies = list(await pipe.execute(raise_on_error=False, allow_redirections=not replicas.count))
+            for reply in replies[len(pending) :]:
+                acked = min(acked, _acked(reply))
+            redirected = []
+            for i, reply in zip(pending, replies, strict=False):
+                results[i] = reply
+                if isinstance(reply, MovedError | AskError | TryAgainError):
+                    redirected.append(i)
+            if not redirected or attempt == REDIRECT_ATTEMPTS - 1:
+                break
+            if any(isinstance(results[i], MovedError) for i in redirected):
+                await cluster.nodes_manager.initialize()  # a slot moved for good: learn where
+            else:
+                await asyncio.sleep(REDIRECT_WAIT_SECS)  # a slot is migrating: wait for its end
+            pending = redirected
+        return results, acked if replicas.count else 0
+
+
+REDIRECT_ATTEMPTS = 50  # with REDIRECT_WAIT_SECS, how long a write with WAIT waits out a slot's migration
+REDIRECT_WAIT_SECS = 0.05
+
+
+def _acked(reply: Any) -> int:
+    """WAIT's answer; 0 where it was refused (an ACL, a proxy): the writes happened, unconfirmed."""
+    if isinstance(reply, Exception):
+        logger.warning("WAIT failed after the writes: %s", reply)
+        return 0
+    return int(reply)
 
 
 # Refreshes sorted-set entries: KEYS[i] gets member ARGV[3 + i] scored ARGV[1]; the first
@@ -160,6 +317,20 @@ end
 
 KEYS_PER_SCRIPT_CALL = 500  # scripts over many keys take this many per call: none holds Redis for long
 
+T = TypeVar("T")
+
+
+def same_slot(keys: Sequence[str], items: Sequence[T]) -> list[list[T]]:
+    """`items` (one per key) in groups that a script may take together: all of them on one
+    Redis; in cluster mode one group per slot (a script's keys must share one). Order is kept
+    within a group."""
+    if not cluster_mode():
+        return [list(items)] if items else []
+    groups: dict[int, list[T]] = {}
+    for key, item in zip(keys, items, strict=True):
+        groups.setdefault(slot_of(key), []).append(item)
+    return list(groups.values())
+
 
 async def score_members(
     expiring: Sequence[tuple[str, str]], kept: Sequence[tuple[str, str]], score: float, ttl: int
@@ -168,10 +339,11 @@ async def score_members(
     a script call per KEYS_PER_SCRIPT_CALL entries, all in one round trip."""
     pairs = [(key, member, True) for key, member in expiring] + [(key, member, False) for key, member in kept]
     calls: list[Call] = []
-    for start in range(0, len(pairs), KEYS_PER_SCRIPT_CALL):
-        chunk = pairs[start : start + KEYS_PER_SCRIPT_CALL]
-        expires = sum(1 for *_, expire in chunk if expire)  # the expiring ones come first
-        calls.append(([key for key, _, _ in chunk], [score, ttl, expires, *(member for _, member, _ in chunk)]))
+    for group in same_slot([key for key, _, _ in pairs], pairs):
+        for start in range(0, len(group), KEYS_PER_SCRIPT_CALL):
+            chunk = group[start : start + KEYS_PER_SCRIPT_CALL]
+            expires = sum(1 for *_, expire in chunk if expire)  # the expiring ones come first
+            calls.append(([key for key, _, _ in chunk], [score, ttl, expires, *(member for _, member, _ in chunk)]))
     if calls:
         await SCORE_MEMBERS.run_many(calls)
 
@@ -195,11 +367,36 @@ async def replicated_now(replicas: Replicas) -> bool:
     every earlier one: a probe write, then WAIT on the same connection. Used when a publish
     that was stored but not replicated in time is retried with its idempotency key.
     """
+    if cluster_mode():
+        return await _replicated_on_every_primary(get_redis(), replicas)
     async with get_redis().pipeline(transaction=False) as pipe:
         pipe.set(f"{notifier_settings.REDIS_PREFIX}:replication-probe", "1", ex=60)
         pipe.execute_command("WAIT", replicas.count, replicas.timeout_ms)
         _, acked = await pipe.execute()
     return int(acked) >= replicas.count
+
+
+async def _replicated_on_every_primary(cluster: RedisCluster, replicas: Replicas) -> bool:
+    """`replicated_now` in cluster mode: a probe write and WAIT on each primary that holds slots."""
+    await cluster.initialize()
+    async with cluster.pipeline(transaction=False) as pipe:
+        for node in cluster.get_primaries():
+            key = _probe_key_on(cluster, node)
+            if key is not None:
+                pipe.set(key, "1", ex=60)
+                pipe.execute_command("WAIT", replicas.count, replicas.timeout_ms, target_nodes=node)
+        replies = await pipe.execute(raise_on_error=False, allow_redirections=False)
+    written = all(not isinstance(reply, Exception) for reply in replies[0::2])
+    return written and all(_acked(reply) >= replicas.count for reply in replies[1::2])
+
+
+def _probe_key_on(cluster: RedisCluster, node: ClusterNode) -> str | None:
+    """A probe key in one of `node`'s slots (None: it holds none)."""
+    for n in range(100_000):  # a node with one slot of 16384 is found within this many, in practice
+        key = f"{notifier_settings.REDIS_PREFIX}:replication-probe:{{{n}}}"
+        if owner_of(cluster, key).name == node.name:
+            return key
+    return None
 
 
 SCORE_MEMBERS = LuaScript(_SCORE_MEMBERS)

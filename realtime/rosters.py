@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from .conf import notifier_settings
-from .redis import get_redis, score_members
+from .redis import cluster_mode, get_redis, score_members, slot_of, tag
 
 # What `add` answers.
 REFUSED, ADDED, BECAME_HELD = 0, 1, 2
@@ -105,13 +105,36 @@ return redis.call('ZREM', KEYS[3], ARGV[2])
 """
 
 
+# In cluster mode a name's keys and its registry must share a slot (one script uses all
+# three), so the registry is split into this many buckets, each with its own hash tag; a name
+# belongs to the bucket of its CRC-16. Enough buckets to spread over a cluster's masters, few
+# enough for a sweep to read them all.
+REGISTRY_BUCKETS = 64
+
+
 class RedisRoster:
     def __init__(self, prefix: str, holders: str, emptied: str, registry: str) -> None:
-        self._holders, self._emptied = f"{prefix}:{holders}:", f"{prefix}:{emptied}:"
+        self._prefix, self._holders_kind, self._emptied_kind = prefix, holders, emptied
         self._registry = f"{prefix}:{registry}"
 
+    def _bucket(self, name: str) -> str:
+        """The part of `name`'s keys before the name: its bucket's hash tag in cluster mode."""
+        return tag(f"{self._registry}:{slot_of(name) % REGISTRY_BUCKETS}") if cluster_mode() else ""
+
+    def _holders(self, name: str) -> str:
+        return f"{self._prefix}:{self._holders_kind}:{self._bucket(name)}{name}"
+
+    def _registry_of(self, name: str) -> str:
+        return self._registry + (f":{self._bucket(name)}" if cluster_mode() else "")
+
+    def _registries(self) -> list[str]:
+        if not cluster_mode():
+            return [self._registry]
+        return [f"{self._registry}:{tag(f'{self._registry}:{n}')}" for n in range(REGISTRY_BUCKETS)]
+
     def _keys(self, name: str) -> list[str]:
-        return [self._holders + name, self._emptied + name, self._registry]
+        emptied = f"{self._prefix}:{self._emptied_kind}:{self._bucket(name)}{name}"
+        return [self._holders(name), emptied, self._registry_of(name)]
 
     async def add(self, name: str, holder: str, limit: int = 0) -> int:
         args: list[str | float] = [time.time(), holder, limit, _ttl(), name]
@@ -128,7 +151,10 @@ class RedisRoster:
     async def gone(self, limit: int) -> list[str]:
         now = time.time()
         redis = get_redis()
-        stale = await redis.zrangebyscore(self._registry, "-inf", now, start=0, num=limit)
+        async with redis.pipeline(transaction=False) as pipe:
+            for registry in self._registries():
+                pipe.zrangebyscore(registry, "-inf", now, start=0, num=limit)
+            stale = [raw for found in await pipe.execute() for raw in found][:limit]
         script = redis.register_script(_GONE_LUA)
         gone = []
         for raw in stale:
@@ -138,15 +164,15 @@ class RedisRoster:
         return gone
 
     async def refresh(self, held: Sequence[tuple[str, str]]) -> None:
-        holders = [(self._holders + name, holder) for name, holder in held]
-        registry = [(self._registry, name) for name in dict.fromkeys(name for name, _ in held)]
+        holders = [(self._holders(name), holder) for name, holder in held]
+        registry = [(self._registry_of(name), name) for name in dict.fromkeys(name for name, _ in held)]
         await score_members(holders, registry, time.time() + _ttl(), _ttl() * 2)
 
     async def held(self, names: Sequence[str]) -> set[str]:
         now = time.time()
         async with get_redis().pipeline(transaction=False) as pipe:
             for name in names:
-                pipe.zcount(self._holders + name, f"({now}", "+inf")
+                pipe.zcount(self._holders(name), f"({now}", "+inf")
             live = await pipe.execute()
         return {name for name, n in zip(names, live, strict=True) if n}
 

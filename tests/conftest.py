@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import subprocess
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -65,6 +68,27 @@ def service_db() -> Iterator[str]:
 def api_key(service_db: str) -> str:
     out = manage(service_env(None, service_db), "create_api_key", "integration-tests")
     return out.strip().splitlines()[-1]
+
+
+AMQP = "amqp://guest:guest@127.0.0.1:5672"
+
+
+def rabbitmqctl(*args: str) -> None:
+    result = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=120)  # noqa: S607
+    assert result.returncode == 0, f"rabbitmqctl {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+
+
+@pytest.fixture(scope="module")
+def rabbitmq_vhost() -> Iterator[str]:
+    """A virtual host of its own on this machine's RabbitMQ (the Celery broker of the cluster
+    mode), so no queue is shared with anyone; its AMQP URL."""
+    if shutil.which("rabbitmqctl") is None:
+        pytest.fail("RabbitMQ is needed on 127.0.0.1:5672 (Debian: apt-get install rabbitmq-server)")
+    vhost = f"notifier-test-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    yield f"{AMQP}/{vhost}"
+    rabbitmqctl("delete_vhost", vhost)
 
 
 @pytest.fixture(scope="module")

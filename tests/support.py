@@ -185,7 +185,7 @@ def postgres_database_settings(name: str) -> dict[str, Any]:
     import psycopg
 
     url = os.environ.get(POSTGRES_URL_VARIABLE) or f"postgres:///{name}"
-    config = dj_database_url.parse(url)
+    config: dict[str, Any] = dict(dj_database_url.parse(url))
     config["NAME"] = name
     connect = maintenance_connection(config)
     try:
@@ -234,7 +234,7 @@ def drop_postgres_database(url: str) -> None:
     import psycopg
     from psycopg import sql
 
-    config = dj_database_url.parse(url)
+    config: dict[str, Any] = dict(dj_database_url.parse(url))
     connect = maintenance_connection(config)
     with psycopg.connect(**connect, autocommit=True, connect_timeout=5) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(config["NAME"])))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import sys
 import uuid
@@ -132,25 +131,6 @@ async def test_tasks_with_one_idempotency_key_deliver_once(
 
 
 # -- RabbitMQ: the broker of the Redis Cluster mode (kombu cannot use a cluster) ---------------
-
-AMQP = "amqp://guest:guest@127.0.0.1:5672"
-
-
-def rabbitmqctl(*args: str) -> None:
-    result = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=120)  # noqa: S607
-    assert result.returncode == 0, f"rabbitmqctl {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-
-
-@pytest.fixture(scope="module")
-def rabbitmq_vhost() -> Iterator[str]:
-    """A virtual host of its own on this machine's RabbitMQ, so no queue is shared with anyone."""
-    if shutil.which("rabbitmqctl") is None:
-        pytest.fail("RabbitMQ is needed on 127.0.0.1:5672 (Debian: apt-get install rabbitmq-server)")
-    vhost = f"notifier-test-{uuid.uuid4().hex[:8]}"
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    yield f"{AMQP}/{vhost}"
-    rabbitmqctl("delete_vhost", vhost)
 
 
 async def test_tasks_through_rabbitmq_are_delivered_once_each_in_order(

@@ -15,7 +15,7 @@ import contextlib
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -98,7 +98,9 @@ class Publisher:
         while True:
             server = self.servers[self.sent % len(self.servers)]
             self.sent += 1
-            status, answer = await asyncio.to_thread(post_json, f"{server.http}/api/notify", body, self.key)
+            # A generous bound, only to stop a hang: while a master fails over, a publish may wait
+            # for the cluster client's retries before it is answered (seconds, seen here).
+            status, answer = await asyncio.to_thread(post_json, f"{server.http}/api/notify", body, self.key, None, 30)
             if status == 202:
                 position = answer["channels"][self.channel]
                 self.acked.append({"id": answer["id"], "name": name, **position})
@@ -171,6 +173,48 @@ async def check_resumes(servers: Sequence[Server], publisher: Publisher, sinces:
             ]
             assert subscribed["epoch"] == since["epoch"], subscribed
             assert recorder.ids() == expected, f"resume from {since}: {subscribed}"
+
+
+async def publish_during(
+    publishers: Sequence[Publisher], disruption: Callable[[], None], before: int, after: int
+) -> None:
+    """`before` events on each publisher's channel, then events on all of them while
+    `disruption` runs (in a thread: a master killed, a slot moved), then `after` more each. A
+    publish refused with 503 `unavailable` is retried with its idempotency key, as a backend would."""
+    await asyncio.gather(*(p.publish_many("before", before) for p in publishers))
+    done = asyncio.Event()
+
+    async def keep_publishing(publisher: Publisher) -> None:
+        n = 0
+        while not done.is_set():
+            await publisher.publish(f"during-{n}")
+            n += 1
+            await asyncio.sleep(0.02)
+
+    tasks = [asyncio.create_task(keep_publishing(p)) for p in publishers]
+    try:
+        await asyncio.to_thread(disruption)
+    finally:
+        done.set()
+        await asyncio.gather(*tasks)
+    await asyncio.gather(*(p.publish_many("after", after) for p in publishers))
+
+
+def check_once_or_told(recorders: Sequence[Recorder], publisher: Publisher) -> None:
+    """No (epoch, offset) names two events; every subscriber got each acknowledged event once,
+    or was told `recovered: false` (then it refetches); and every event acknowledged after the
+    disruption reached every subscriber live."""
+    assert_positions_name_one_event((a["epoch"], a["offset"], a["id"]) for a in publisher.acked)
+    assert_positions_name_one_event(
+        (event["epoch"], event["offset"], event["id"]) for r in recorders for event in r.events()
+    )
+    for recorder in recorders:
+        ids = recorder.ids()
+        assert len(ids) == len(set(ids)), "an event was delivered twice"
+        missing = [i for i in publisher.acked_ids() if i not in set(ids)]
+        assert not missing or recorder.told_not_recovered(), f"{len(missing)} lost untold: {missing[:5]}"
+        late = [i for i in publisher.acked_ids("after") if i not in set(ids)]
+        assert not late, f"{len(late)} events published after the disruption never arrived"
 
 
 def layer_outage_secs(log: str) -> float:
@@ -304,6 +348,34 @@ async def test_a_failover_that_lost_acknowledged_writes_moves_the_channel_to_a_n
     finally:
         for recorder in recorders:
             await recorder.stop()
+
+
+async def test_a_master_killed_during_publishing_loses_nothing_silently(
+    sentinel_setup: SentinelSetup, api_key: str
+) -> None:
+    """The cluster's failover case (tests/test_cluster.py) under Sentinel: the master killed
+    (SIGKILL) while three channels are published to from both processes."""
+    setup = sentinel_setup
+    channels = [f"killed.{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    publishers = [Publisher(setup.servers, api_key, channel) for channel in channels]
+    recorders = {channel: await subscribe_everywhere(setup.servers, channel) for channel in channels}
+
+    def kill_master() -> None:
+        setup.master.stop()
+        wait_until(setup.promoted, timeout=30, what="the Sentinels to promote the replica")
+
+    try:
+        await publish_during(publishers, kill_master, before=10, after=10)
+        for publisher in publishers:
+            await wait_for_events(recorders[publisher.channel], publisher.acked_ids("after"))
+            check_once_or_told(recorders[publisher.channel], publisher)
+            assert all(r.told_not_recovered() for r in recorders[publisher.channel])  # a new master: told
+            newest = publisher.acked[-1]
+            await check_resumes(setup.servers, publisher, [{"offset": newest["offset"] - 3, "epoch": newest["epoch"]}])
+    finally:
+        for channel_recorders in recorders.values():
+            for recorder in channel_recorders:
+                await recorder.stop()
 
 
 @pytest.mark.parametrize(
