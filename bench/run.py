@@ -16,7 +16,8 @@ vs notifier), scaling (1 and 2 server processes), latency, memory, publish (the 
 celery, recovery, servers (Daphne and Uvicorn's WebSocket backends, compression off/on),
 layers, inbox, push, scheduling, tokens, personal (one socket per user, beside the plain app and
 a Node ws server: events, connects, idle memory, a reconnect storm), soak (personal channels
-with churn for --soak-minutes: memory slopes).
+with churn for --soak-minutes: memory slopes), cluster (the personal shape on one Redis and on a
+three-master Redis Cluster, 4 processes each: docs/capacity.md).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from bench.services import (  # noqa: E402
     BenchError,
     LoadGen,
     Redis,
+    RedisStats,
     Server,
     Worker,
     ensure_loadgen,
@@ -68,6 +70,7 @@ SCENARIOS = [
     "scheduling",
     "tokens",
     "personal",
+    "cluster",
     "soak",
 ]
 
@@ -677,6 +680,81 @@ class Bench:
                     data=result,
                 )
             )
+
+    def cluster(self) -> None:
+        """One Redis against a three-master Redis Cluster on this box, the same load in one run:
+        the personal shape (one socket per user, each event to a random user) on 4 server
+        processes each, and on 1 process with one Redis as the baseline. Besides events/s and
+        latency, each Redis master's CPU per event and its memory per stored event, read from
+        INFO while the load runs: the per-master figures of docs/capacity.md."""
+        from tests.rediscluster import PASSWORD, TestCluster
+
+        users, rate, secs = (60, 30, 2.0) if self.smoke else (8000, 1000, 20.0)
+        secret = PERSONAL_JWT_SECRET
+        cluster = TestCluster(self.workdir / "cluster")
+        try:
+            single = {**self.env, "NOTIFIER_JWT_SECRET": secret}
+            clustered = single | {
+                "REDIS_URL": f"redis://:{PASSWORD}@cluster/0",
+                "NOTIFIER_REDIS_CLUSTER": cluster.seeds,
+                "CELERY_BROKER_URL": "memory://",  # no Celery in this scenario; the mode requires one
+            }
+            one_redis = [RedisStats(self.redis.port)]
+            masters = [RedisStats(port, PASSWORD) for port in cluster.masters()]
+            setups = [
+                ("one Redis, 1 process", single, 1, one_redis),
+                ("one Redis, 4 processes", single, 4, one_redis),
+                ("3-master cluster, 4 processes", clustered, 4, masters),
+            ]
+            baseline = 0.0
+            for label, env, processes, redises in setups:
+                with self.servers("uvicorn", processes, **env) as servers:
+                    base = {"mode": "personal", "kind": "notifier", "users": users, "seconds": secs}
+                    base |= {"ws": [s.ws for s in servers], "post": [f"{s.http}/api/notify" for s in servers]}
+                    base |= {"key": self.key, "secret": secret}
+                    self.loadgen({**base, "users": 50, "rate": 50, "seconds": 1.0})  # warm-up: code paths, pools
+                    fixed = self.loadgen({**base, "rate": rate}, watch=servers)
+                    ready: list[list[tuple[float, int]]] = []
+
+                    def sample_at_ready(redises: list[RedisStats] = redises, ready: list[Any] = ready) -> None:
+                        ready.append([r.sample() for r in redises])
+
+                    closed = self.loadgen({**base, "window": 32 * processes}, watch=servers, at_ready=sample_at_ready)
+                    after = [r.sample() for r in redises]
+                events = closed["events_per_sec"] * secs
+                baseline = baseline or closed["events_per_sec"]
+                cpu_us = [round(1e6 * (a[0] - b[0]) / max(events, 1)) for a, b in zip(after, ready[0], strict=True)]
+                busiest = max(100 * (a[0] - b[0]) / secs for a, b in zip(after, ready[0], strict=True))
+                stored = sum(a[1] - b[1] for a, b in zip(after, ready[0], strict=True)) / max(events, 1)
+                lat = fixed["latency"]
+                self.add(
+                    Row(
+                        "cluster",
+                        f"{label}, {users:,} users one socket each, {rate} events/s to random users",
+                        f"p50 {lat['p50_ms']} / p99 {lat['p99_ms']} ms",
+                        f"server CPU {fixed.get('server_cpu_percent')}%",
+                        fixed["lost"],
+                        fixed["duplicated"] + fixed["misrouted"],
+                        data=fixed,
+                    )
+                )
+                self.add(
+                    Row(
+                        "cluster",
+                        f"{label}, as fast as acknowledged ({32 * processes} in flight)",
+                        fmt(closed["events_per_sec"], "events/s"),
+                        f"{closed['events_per_sec'] / baseline:.2f}x one Redis, 1 process; server CPU"
+                        f" {closed.get('server_cpu_percent')}%; Redis CPU per event {'/'.join(map(str, cpu_us))} us"
+                        f" (busiest at {busiest:.0f}% of a core); {stored:.0f} bytes per stored event",
+                        closed["lost"],
+                        closed["duplicated"] + closed["misrouted"],
+                        data=closed
+                        | {"redis_cpu_us_per_event": cpu_us, "redis_busiest_percent": busiest}
+                        | {"bytes_per_stored_event": stored},
+                    )
+                )
+        finally:
+            cluster.stop()
 
     def soak(self) -> None:
         """Personal channels for --soak-minutes (15) with churn: sockets drop and come back

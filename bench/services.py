@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import redis
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 LOADGEN = ROOT / "bench" / "loadgen"
@@ -115,6 +117,19 @@ def _descendants(pid: int) -> list[int]:
     for child in list(out):
         out.extend(_descendants(child))
     return out
+
+
+class RedisStats:
+    """Reads one Redis server's CPU time and memory (INFO), for the cluster scenario."""
+
+    def __init__(self, port: int, password: str = "") -> None:
+        self.port, self.password = port, password
+
+    def sample(self) -> tuple[float, int]:
+        """(CPU seconds used so far, user and system; used_memory in bytes)."""
+        with redis.Redis(port=self.port, password=self.password or None, socket_timeout=5) as client:
+            cpu, memory = client.info("cpu"), client.info("memory")
+        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), int(memory["used_memory"])
 
 
 class Redis(Process):

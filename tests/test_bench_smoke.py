@@ -37,6 +37,12 @@ EXPECTED = {
         "notifier (uvicorn), connect 50 sockets",
         "notifier (uvicorn), 50 idle sockets, one personal channel each",
     ],
+    "cluster": [
+        "one Redis, 1 process, 60 users one socket each",
+        "one Redis, 4 processes, as fast as acknowledged",
+        "3-master cluster, 4 processes, 60 users one socket each",
+        "3-master cluster, 4 processes, as fast as acknowledged",
+    ],
     "soak": [
         "notifier, 50 personal sockets, 20 events/s to random users, 5 reconnects/s with since",
         "raw ASGI, 50 personal sockets",

@@ -719,7 +719,12 @@ async function personal() {
   // user:u<i>; raw: ?user=u<i>, routed by the server). Events go by POST to random users, at
   // `rate` events/s, or as fast as acknowledged with `window` in flight (the next event goes
   // out when one has reached its user). Latency is from the POST to the frame at its socket.
-  const { users, kind, ws, post: postUrl, key, secret } = config;
+  // `ws` and `post` may be lists (several server processes): socket i goes to ws[i % n], and
+  // the POSTs take the servers in turn.
+  const { users, kind, key, secret } = config;
+  const wsUrls = [config.ws].flat();
+  const postUrls = [config.post].flat();
+  let posted = 0;
   const seconds = config.seconds ?? 10;
   const maxSeq = config.max_events ?? 2_000_000;
   const sockets = new Array(users);
@@ -737,6 +742,7 @@ async function personal() {
   const resumes = config.storm || config.churn;
   const open = (i) =>
     new Promise((resolve, reject) => {
+      const ws = wsUrls[i % wsUrls.length];
       const url = kind !== "notifier" ? `${ws}?user=u${i}` : `${ws}?token=${connectionToken(`u${i}`, secret)}`;
       const sock = new WebSocket(url, { perMessageDeflate: false });
       sockets[i] = sock;
@@ -804,6 +810,7 @@ async function personal() {
     const user = Math.floor(Math.random() * users);
     target[s] = user;
     sentAt[s] = now();
+    const postUrl = postUrls[posted++ % postUrls.length];
     const res = await post(postUrl, JSON.stringify({ user: `u${user}`, event: "bench", data: { s } }), headers);
     if (res.status === 202) acked++;
     else if (++refused <= 3) process.stderr.write(`POST ${res.status}: ${res.body.slice(0, 200)}\n`);
