@@ -243,6 +243,18 @@ class _NodeSubscriptions:
         self.client = node_client(host, port)
         self.pubsub = _SlotAwarePubSub(self.client.connection_pool)
         self.reader: asyncio.Task[None] | None = None
+        # redis-py's PubSub takes its connection on the first command: two first SSUBSCRIBEs at
+        # once took two, and the one left unread kept its subscriptions (delivery then came
+        # only from the hubs' position checks). One command at a time per node.
+        self.lock = asyncio.Lock()
+
+    async def subscribe(self, channel: bytes) -> None:
+        async with self.lock:
+            await self.pubsub.ssubscribe(channel)
+
+    async def unsubscribe(self, channel: bytes) -> None:
+        async with self.lock:
+            await self.pubsub.sunsubscribe(channel)
 
     async def close(self) -> None:
         if self.reader is not None:
@@ -277,7 +289,7 @@ class _ShardedLoop:
         self.by_shard_channel.pop(channel, None)
         home = self.nodes.get(self.homes.pop(channel, ""))
         if home is not None:
-            await home.pubsub.sunsubscribe(channel)
+            await home.unsubscribe(channel)
 
     async def _subscribe_at_owner(self, channel: bytes) -> None:
         owner = owner_of(self.cluster, channel.decode())
@@ -285,7 +297,7 @@ class _ShardedLoop:
         if home is None:
             home = self.nodes[owner.name] = _NodeSubscriptions(owner.name, owner.host, int(owner.port))
         self.homes[channel] = owner.name
-        await home.pubsub.ssubscribe(channel)
+        await home.subscribe(channel)
         if home.reader is None or home.reader.done():
             home.reader = asyncio.get_running_loop().create_task(self._read(home))
 

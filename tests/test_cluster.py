@@ -11,6 +11,7 @@ a master killed during publishing, and a slot moved during publishing.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from .test_failover import (
     publish_during,
     wait_for_events,
 )
+from .test_operations import get_text
 from .test_security import get_json
 from .wsclient import Client
 
@@ -87,7 +89,9 @@ def channels_on_every_master(cluster: TestCluster, count: int, prefix: str) -> l
 
 
 async def subscribe_all(servers: list[Server], channels: list[str]) -> dict[str, list[Recorder]]:
-    return {channel: [await Recorder.start(s.ws, channel) for s in servers] for channel in channels}
+    """A subscriber per channel on every server, all at once (as clients come: concurrently)."""
+    recorders = await asyncio.gather(*(Recorder.start(s.ws, c) for c in channels for s in servers))
+    return {channel: list(recorders[i * len(servers) : (i + 1) * len(servers)]) for i, channel in enumerate(channels)}
 
 
 async def stop_all(recorders: dict[str, list[Recorder]]) -> None:
@@ -144,6 +148,14 @@ async def test_publishers_on_every_process_reach_subscribers_on_every_process_ov
         assert status == 200 and presence["total_connections"] == 3, presence
         for client in clients:
             await client.close()
+
+        # Every event came live, through sharded pub/sub: the hubs' periodic position checks
+        # (which would also deliver them, seconds late) found nothing missing.
+        for server in stack.servers:
+            status, text = await asyncio.to_thread(get_text, f"{server.http}/metrics")
+            assert status == 200 and "notifier_events_published_total" in text, text
+            fills = re.findall(r"^notifier_(?:position|gap)_fills_total (\S+)$", text, re.MULTILINE)
+            assert all(float(n) == 0 for n in fills), fills
 
         # Resuming with `since` on another process gives exactly what was missed.
         for publisher in publishers[1:4]:  # (the first channel also has the tasks' events)
