@@ -47,7 +47,9 @@ from bench.services import (  # noqa: E402
     Server,
     Worker,
     ensure_loadgen,
+    history_of,
     manage,
+    per_channel_and_per_event,
     post_json,
     raise_fd_limit,
     server_available,
@@ -714,18 +716,32 @@ class Bench:
                     base |= {"key": self.key, "secret": secret}
                     self.loadgen({**base, "users": 50, "rate": 50, "seconds": 1.0})  # warm-up: code paths, pools
                     fixed = self.loadgen({**base, "rate": rate}, watch=servers)
-                    ready: list[list[tuple[float, int]]] = []
+                    ready: list[list[float]] = []
 
                     def sample_at_ready(redises: list[RedisStats] = redises, ready: list[Any] = ready) -> None:
-                        ready.append([r.sample() for r in redises])
+                        ready.append([r.cpu_seconds() for r in redises])
 
                     closed = self.loadgen({**base, "window": 32 * processes}, watch=servers, at_ready=sample_at_ready)
-                    after = [r.sample() for r in redises]
+                    after = [r.cpu_seconds() for r in redises]
+                    per_channel, _ = per_channel_and_per_event([s for r in redises for s in r.history_bytes()])
+                    # One channel with a long history: what each stored event adds.
+                    long_channel = f"bench.history.{processes}.{len(redises)}"
+                    for start in range(0, 1000, 100):
+                        batch = [
+                            {"channel": long_channel, "event": "bench", "data": {"s": n}}
+                            for n in range(start, start + 100)
+                        ]
+                        status, answer = post_json(f"{servers[0].http}/api/notify/batch", {"events": batch}, self.key)
+                        if status != 202:
+                            raise BenchError(f"batch publish answered {status}: {answer}")
+                    tag = f"{{ch.{long_channel}}}" if len(redises) > 1 else long_channel
+                    long_bytes, long_events = history_of(redises, tag)
+                    per_event = (long_bytes - per_channel) / max(1, long_events)
                 events = closed["events_per_sec"] * secs
                 baseline = baseline or closed["events_per_sec"]
-                cpu_us = [round(1e6 * (a[0] - b[0]) / max(events, 1)) for a, b in zip(after, ready[0], strict=True)]
-                busiest = max(100 * (a[0] - b[0]) / secs for a, b in zip(after, ready[0], strict=True))
-                stored = sum(a[1] - b[1] for a, b in zip(after, ready[0], strict=True)) / max(events, 1)
+                used = [a - b for a, b in zip(after, ready[0], strict=True)]
+                cpu_us = round(1e6 * sum(used) / max(events, 1))  # every master's CPU, per event of the load
+                cores = [round(100 * cpu / secs) for cpu in used]  # each master's share of a core
                 lat = fixed["latency"]
                 self.add(
                     Row(
@@ -744,13 +760,14 @@ class Bench:
                         f"{label}, as fast as acknowledged ({32 * processes} in flight)",
                         fmt(closed["events_per_sec"], "events/s"),
                         f"{closed['events_per_sec'] / baseline:.2f}x one Redis, 1 process; server CPU"
-                        f" {closed.get('server_cpu_percent')}%; Redis CPU per event {'/'.join(map(str, cpu_us))} us"
-                        f" (busiest at {busiest:.0f}% of a core); {stored:.0f} bytes per stored event",
+                        f" {closed.get('server_cpu_percent')}%; Redis CPU {cpu_us} us per event (masters at"
+                        f" {'/'.join(map(str, cores))}% of a core); history {per_event:.0f} bytes per event"
+                        f" + {per_channel:.0f} per channel",
                         closed["lost"],
                         closed["duplicated"] + closed["misrouted"],
                         data=closed
-                        | {"redis_cpu_us_per_event": cpu_us, "redis_busiest_percent": busiest}
-                        | {"bytes_per_stored_event": stored},
+                        | {"redis_cpu_us_per_event": cpu_us, "redis_core_percent": cores}
+                        | {"history_bytes_per_event": per_event, "history_bytes_per_channel": per_channel},
                     )
                 )
         finally:

@@ -125,11 +125,53 @@ class RedisStats:
     def __init__(self, port: int, password: str = "") -> None:
         self.port, self.password = port, password
 
-    def sample(self) -> tuple[float, int]:
-        """(CPU seconds used so far, user and system; used_memory in bytes)."""
+    def cpu_seconds(self) -> float:
+        """CPU time used so far, user and system."""
         with redis.Redis(port=self.port, password=self.password or None, socket_timeout=5) as client:
-            cpu, memory = client.info("cpu"), client.info("memory")
-        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), int(memory["used_memory"])
+            cpu = client.info("cpu")
+        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+    def history_bytes(self, sample: int = 300) -> list[tuple[int, int]]:
+        """(bytes, events) of each of up to `sample` channels' history on this server: MEMORY
+        USAGE of its log stream and meta hash, and the events the stream holds (XLEN)."""
+        found: list[tuple[int, int]] = []
+        with redis.Redis(port=self.port, password=self.password or None, socket_timeout=5) as client:
+            for log in client.scan_iter(match="notifier:h:*:log", count=1000):
+                if len(found) >= sample:
+                    break
+                meta = log[: -len(b":log")] + b":meta"
+                size = int(client.memory_usage(log, samples=0) or 0) + int(client.memory_usage(meta) or 0)
+                found.append((size, int(client.xlen(log))))
+        return found
+
+
+def history_of(redises: list[RedisStats], channel_tag: str) -> tuple[int, int]:
+    """(bytes, events) of one channel's history, on whichever server holds it: its keys are
+    `notifier:h:<tag>:log` and `:meta` (the tag: the channel on one Redis, `{<group>}` on a cluster)."""
+    for stats in redises:
+        with redis.Redis(port=stats.port, password=stats.password or None, socket_timeout=5) as client:
+            log, meta = f"notifier:h:{channel_tag}:log", f"notifier:h:{channel_tag}:meta"
+            try:
+                here = client.exists(log)
+            except redis.ResponseError:  # MOVED: another master holds its slot
+                continue
+            if here:
+                size = int(client.memory_usage(log, samples=0) or 0) + int(client.memory_usage(meta) or 0)
+                return size, int(client.xlen(log))
+    return 0, 0
+
+
+def per_channel_and_per_event(samples: list[tuple[int, int]]) -> tuple[float, float]:
+    """Least squares of bytes = a + b * events over channels: (a, b), a channel's fixed cost
+    and each stored event's."""
+    n = len(samples)
+    if n < 2:
+        return 0.0, 0.0
+    mean_x = sum(x for _, x in samples) / n
+    mean_y = sum(y for y, _ in samples) / n
+    var = sum((x - mean_x) ** 2 for _, x in samples)
+    b = sum((x - mean_x) * (y - mean_y) for y, x in samples) / var if var else 0.0
+    return mean_y - b * mean_x, b
 
 
 class Redis(Process):
