@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from .rediscluster import PASSWORD, TestCluster
-from .support import Server, Worker, manage, service_env, wait_until
+from .support import Server, Worker, manage, post_json, service_env, wait_until
 from .test_celery import send_tasks
 from .test_failover import (
     Publisher,
@@ -148,6 +148,22 @@ async def test_publishers_on_every_process_reach_subscribers_on_every_process_ov
         assert status == 200 and presence["total_connections"] == 3, presence
         for client in clients:
             await client.close()
+
+        # A user's connections (their roster and the online registry, in hash-tagged buckets):
+        # a token from POST /api/tokens, the personal channel, an event to the user.
+        status, minted = await asyncio.to_thread(
+            post_json, f"{stack.servers[1].http}/api/tokens", {"user": "alice"}, api_key
+        )
+        assert status == 201, minted
+        alice = await Client.connect(f"{stack.servers[2].ws}?token={minted['token']}")
+        await alice.subscribe("user:alice")
+        status, answer = await asyncio.to_thread(
+            post_json, f"{stack.servers[0].http}/api/notify", {"user": "alice", "event": "hello"}, api_key
+        )
+        assert status == 202, answer
+        (event,) = await alice.events(1)
+        assert event["event"] == "hello"
+        await alice.close()
 
         # Every event came live, through sharded pub/sub: the hubs' periodic position checks
         # (which would also deliver them, seconds late) found nothing missing.
