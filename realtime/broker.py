@@ -70,6 +70,7 @@ MESSAGE_BYTES = 256 * 1024  # a message holds one frame, or several up to this s
 FIRST_RETRY_SECS = 0.05
 MAX_RETRY_SECS = 1.0
 READ_TIMEOUT_SECS = 0.1  # channels-redis's own: how long one read waits for a message
+HOMELESS_RETRY_SECS = 1.0  # ShardedLayer: how often subscriptions that found no node are tried again
 
 
 class _Shard(pubsub.RedisSingleShardConnection):
@@ -243,18 +244,28 @@ class _NodeSubscriptions:
         self.client = node_client(host, port)
         self.pubsub = _SlotAwarePubSub(self.client.connection_pool)
         self.reader: asyncio.Task[None] | None = None
+        self.channels: set[bytes] = set()  # what this process holds here: the reader runs while any
         # redis-py's PubSub takes its connection on the first command: two first SSUBSCRIBEs at
         # once took two, and the one left unread kept its subscriptions (delivery then came
         # only from the hubs' position checks). One command at a time per node.
         self.lock = asyncio.Lock()
 
     async def subscribe(self, channel: bytes) -> None:
+        self.channels.add(channel)
         async with self.lock:
             await self.pubsub.ssubscribe(channel)
 
     async def unsubscribe(self, channel: bytes) -> None:
+        self.channels.discard(channel)
         async with self.lock:
             await self.pubsub.sunsubscribe(channel)
+
+    def forget(self, channel: bytes) -> None:
+        """Drop `channel` without telling the node (it pushed `sunsubscribe` itself, or is down),
+        so that a reconnect does not subscribe it here again."""
+        self.channels.discard(channel)
+        self.pubsub.shard_channels.pop(channel, None)
+        self.pubsub.pending_unsubscribe_shard_channels.discard(channel)
 
     async def close(self) -> None:
         if self.reader is not None:
@@ -277,12 +288,23 @@ class _ShardedLoop:
         self.homes: dict[bytes, str] = {}  # subscribed shard channel -> the node holding it
         self.nodes: dict[str, _NodeSubscriptions] = {}  # node name -> its subscriptions
         self._rehoming: asyncio.Lock = asyncio.Lock()
+        self._homeless: asyncio.Task[None] | None = None
 
     async def subscribe(self, shard_channel: str, group: str) -> None:
         channel = shard_channel.encode()
         self.by_shard_channel[channel] = group
         await self.cluster.initialize()
+        if self._homeless is None:
+            self._homeless = asyncio.get_running_loop().create_task(self._rehome_the_homeless())
         await self._subscribe_at_owner(channel)
+
+    async def _rehome_the_homeless(self) -> None:
+        """Channels whose new owner could not be reached when their slot moved (the cluster was
+        still failing over) have no subscription: try again each second until they have."""
+        while True:
+            await asyncio.sleep(HOMELESS_RETRY_SECS)
+            if len(self.homes) < len(self.by_shard_channel):
+                await self._rehome()  # it logs and swallows what fails: this loop goes on
 
     async def unsubscribe(self, shard_channel: str) -> None:
         channel = shard_channel.encode()
@@ -297,7 +319,11 @@ class _ShardedLoop:
         if home is None:
             home = self.nodes[owner.name] = _NodeSubscriptions(owner.name, owner.host, int(owner.port))
         self.homes[channel] = owner.name
-        await home.subscribe(channel)
+        try:
+            await home.subscribe(channel)
+        except BaseException:
+            self._forget(channel)  # homeless: tried again within HOMELESS_RETRY_SECS
+            raise
         if home.reader is None or home.reader.done():
             home.reader = asyncio.get_running_loop().create_task(self._read(home))
 
@@ -306,12 +332,11 @@ class _ShardedLoop:
         `sunsubscribe` itself, or it is down)."""
         home = self.nodes.get(self.homes.pop(channel, ""))
         if home is not None:
-            home.pubsub.shard_channels.pop(channel, None)
-            home.pubsub.pending_unsubscribe_shard_channels.discard(channel)
+            home.forget(channel)
 
     async def _read(self, home: _NodeSubscriptions) -> None:
         delay = 0.0  # > 0 while this node is away
-        while any(name == home.name for name in self.homes.values()):
+        while home.channels:
             try:
                 message = await home.pubsub.get_message(timeout=READ_TIMEOUT_SECS * 10)
             except (asyncio.CancelledError, GeneratorExit):
@@ -366,15 +391,15 @@ class _ShardedLoop:
                 return
             moved = 0
             for channel in list(self.by_shard_channel):
-                owner = owner_of(self.cluster, channel.decode()).name
-                if self.homes.get(channel) == owner:
-                    continue
-                self._forget(channel)
                 try:
+                    owner = owner_of(self.cluster, channel.decode()).name
+                    if self.homes.get(channel) == owner:
+                        continue
+                    self._forget(channel)
                     await self._subscribe_at_owner(channel)
                     moved += 1
-                except Exception as exc:  # noqa: BLE001 - not reachable yet: the next refresh retries
-                    logger.debug("subscribing %s at %s failed: %s", channel, owner, exc)
+                except Exception as exc:  # noqa: BLE001 - no owner yet, or not reachable: retried in a second
+                    logger.debug("subscribing %s where its slot is failed: %s", channel, exc)
             if moved:
                 logger.warning("channel layer: %d channels follow their slots to new nodes", moved)
             self._resync()
@@ -384,6 +409,9 @@ class _ShardedLoop:
             queue.put_nowait({"type": RESYNC})
 
     async def close(self) -> None:
+        if self._homeless is not None:
+            self._homeless.cancel()
+            await asyncio.gather(self._homeless, return_exceptions=True)
         for home in list(self.nodes.values()):
             await home.close()
         self.nodes.clear()
