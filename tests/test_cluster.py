@@ -48,8 +48,12 @@ class ClusterStack:
 
 
 @pytest.fixture
-def stack(service_db: str, workdir: Path, rabbitmq_vhost: str, tmp_path: Path) -> Iterator[ClusterStack]:
-    """A fresh cluster (the tests kill masters and move slots), three servers, one worker."""
+def stack(
+    service_db: str, workdir: Path, rabbitmq_vhost: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[ClusterStack]:
+    """A fresh cluster (the tests kill masters and move slots), three servers, one worker.
+    `request.param`: extra environment for the servers."""
+    extra: dict[str, str] = getattr(request, "param", {})
     cluster = TestCluster(tmp_path)
     servers: list[Server] = []
     worker: Worker | None = None
@@ -59,6 +63,7 @@ def stack(service_db: str, workdir: Path, rabbitmq_vhost: str, tmp_path: Path) -
             service_db,
             NOTIFIER_REDIS_CLUSTER=cluster.seeds,
             CELERY_BROKER_URL=rabbitmq_vhost,
+            **extra,
         )
         servers = [Server(env, workdir, kind="uvicorn") for _ in range(3)]
         worker = Worker(env, workdir)
@@ -263,6 +268,42 @@ async def test_a_master_killed_during_publishing_loses_nothing_silently(stack: C
             newest = publisher.acked[-1]
             since = {"offset": newest["offset"] - 3, "epoch": newest["epoch"]}
             await check_resumes(stack.servers, publisher, [since])
+    finally:
+        await stop_all(recorders)
+
+
+@pytest.mark.parametrize(
+    "stack", [{"NOTIFIER_REPLICA_ACKS": "1", "NOTIFIER_REPLICA_ACK_TIMEOUT_MS": "1000"}], indirect=True
+)
+async def test_with_replica_acks_a_killed_master_loses_nothing_acknowledged(stack: ClusterStack, api_key: str) -> None:
+    """Each master's writes are followed by WAIT on that master's connection: what was
+    acknowledged is on its replica, so when the master dies every acknowledged event is still
+    delivered, to every subscriber, once (and they are told of the new epoch)."""
+    cluster = stack.cluster
+    channels = channels_on_every_master(cluster, 6, "acked")
+    recorders = await subscribe_all(stack.servers, channels)
+    publishers = [Publisher(stack.servers, api_key, channel) for channel in channels]
+    before_kill = {channel: cluster.owner(history_key(channel)) for channel in channels}
+    victim = before_kill[channels[0]]
+    try:
+        # A batch over channels on all three masters: one WAIT per master in one round trip.
+        batch = [{"channel": c, "event": "batch", "data": {}} for c in channels]
+        status, answer = await asyncio.to_thread(
+            post_json, f"{stack.servers[0].http}/api/notify/batch", {"events": batch}, api_key
+        )
+        assert status == 202 and all("error" not in r for r in answer["results"]), answer
+        await publish_during(publishers, lambda: cluster.kill_master(victim), before=10, after=10)
+        for publisher in publishers:
+            retry = ("unavailable", "not_replicated")  # the promoted master has no replica yet
+            assert not [r for r in publisher.refused if r["code"] not in retry], publisher.refused
+            await wait_for_events(recorders[publisher.channel], publisher.acked_ids())
+            for recorder in recorders[publisher.channel]:
+                ids = recorder.ids()
+                assert len(ids) == len(set(ids)), "an event was delivered twice"
+                missing = [i for i in publisher.acked_ids() if i not in set(ids)]
+                assert not missing, f"{len(missing)} acknowledged events never arrived"
+            if before_kill[publisher.channel] == victim:
+                assert all(r.told_not_recovered() for r in recorders[publisher.channel])
     finally:
         await stop_all(recorders)
 
