@@ -99,6 +99,23 @@ async def subscribe_all(servers: list[Server], channels: list[str]) -> dict[str,
     return {channel: list(recorders[i * len(servers) : (i + 1) * len(servers)]) for i, channel in enumerate(channels)}
 
 
+@dataclass
+class Traffic:
+    """Channels on every master, a subscriber on each server for each, a publisher for each."""
+
+    channels: list[str]
+    recorders: dict[str, list[Recorder]]
+    publishers: list[Publisher]
+    owners: dict[str, int]  # each channel's master when the traffic started
+
+
+async def start_traffic(stack: ClusterStack, api_key: str, count: int, prefix: str) -> Traffic:
+    channels = channels_on_every_master(stack.cluster, count, prefix)
+    recorders = await subscribe_all(stack.servers, channels)
+    publishers = [Publisher(stack.servers, api_key, channel) for channel in channels]
+    return Traffic(channels, recorders, publishers, {c: stack.cluster.owner(history_key(c)) for c in channels})
+
+
 async def stop_all(recorders: dict[str, list[Recorder]]) -> None:
     for channel_recorders in recorders.values():
         for recorder in channel_recorders:
@@ -244,12 +261,9 @@ async def test_a_killed_server_process_costs_only_its_own_sockets(stack: Cluster
 
 
 async def test_a_master_killed_during_publishing_loses_nothing_silently(stack: ClusterStack, api_key: str) -> None:
-    cluster = stack.cluster
-    channels = channels_on_every_master(cluster, 9, "failover")
-    recorders = await subscribe_all(stack.servers, channels)
-    publishers = [Publisher(stack.servers, api_key, channel) for channel in channels]
-    before_kill = {channel: cluster.owner(history_key(channel)) for channel in channels}
-    victim = before_kill[channels[0]]
+    traffic = await start_traffic(stack, api_key, 9, "failover")
+    recorders, publishers, before_kill = traffic.recorders, traffic.publishers, traffic.owners
+    cluster, victim = stack.cluster, traffic.owners[traffic.channels[0]]
     try:
         await publish_during(publishers, lambda: cluster.kill_master(victim), before=10, after=10)
         for publisher in publishers:
@@ -258,7 +272,7 @@ async def test_a_master_killed_during_publishing_loses_nothing_silently(stack: C
             check_once_or_told(recorders[publisher.channel], publisher)
         # The killed master's channels moved to a new epoch (the promoted replica may lack
         # acknowledged writes) and their subscribers were told; the other masters' were untouched.
-        on_victim = [c for c in channels if before_kill[c] == victim]
+        on_victim = [c for c in traffic.channels if before_kill[c] == victim]
         for publisher in publishers:
             if publisher.channel in on_victim:
                 assert all(r.told_not_recovered() for r in recorders[publisher.channel])
@@ -279,12 +293,9 @@ async def test_with_replica_acks_a_killed_master_loses_nothing_acknowledged(stac
     """Each master's writes are followed by WAIT on that master's connection: what was
     acknowledged is on its replica, so when the master dies every acknowledged event is still
     delivered, to every subscriber, once (and they are told of the new epoch)."""
-    cluster = stack.cluster
-    channels = channels_on_every_master(cluster, 6, "acked")
-    recorders = await subscribe_all(stack.servers, channels)
-    publishers = [Publisher(stack.servers, api_key, channel) for channel in channels]
-    before_kill = {channel: cluster.owner(history_key(channel)) for channel in channels}
-    victim = before_kill[channels[0]]
+    traffic = await start_traffic(stack, api_key, 6, "acked")
+    channels, recorders, publishers = traffic.channels, traffic.recorders, traffic.publishers
+    cluster, victim = stack.cluster, traffic.owners[channels[0]]
     try:
         # A batch over channels on all three masters: one WAIT per master in one round trip.
         batch = [{"channel": c, "event": "batch", "data": {}} for c in channels]
@@ -302,7 +313,7 @@ async def test_with_replica_acks_a_killed_master_loses_nothing_acknowledged(stac
                 assert len(ids) == len(set(ids)), "an event was delivered twice"
                 missing = [i for i in publisher.acked_ids() if i not in set(ids)]
                 assert not missing, f"{len(missing)} acknowledged events never arrived"
-            if before_kill[publisher.channel] == victim:
+            if traffic.owners[publisher.channel] == victim:
                 assert all(r.told_not_recovered() for r in recorders[publisher.channel])
     finally:
         await stop_all(recorders)
