@@ -143,11 +143,18 @@ def owner_of(cluster: RedisCluster, key: str) -> ClusterNode:
     return node
 
 
-def _cluster_client() -> RedisCluster:
-    """A RedisCluster from the seed nodes; REDIS_URL gives the credentials and TLS."""
+def _cluster_connections() -> tuple[dict[str, Any], type[aioredis.Connection], bool]:
+    """What every connection to a cluster node takes from REDIS_URL: the credentials, the
+    connection class (TLS for `rediss://`), and whether it is TLS."""
     url: dict[str, Any] = dict(parse_url(notifier_settings.REDIS_URL))
     credentials = {name: url[name] for name in ("username", "password") if url.get(name)}
     ssl = notifier_settings.REDIS_URL.startswith("rediss://")
+    return credentials, _ClusterSSLConnection if ssl else _ClusterConnection, ssl
+
+
+def _cluster_client() -> RedisCluster:
+    """A RedisCluster from the seed nodes; REDIS_URL gives the credentials and TLS."""
+    credentials, connection_class, ssl = _cluster_connections()
     client = RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in settings.REDIS_CLUSTER or ()],
         ssl=ssl,
@@ -160,7 +167,6 @@ def _cluster_client() -> RedisCluster:
         **credentials,
     )
     # RedisCluster takes no connection class: its nodes, and those it discovers, read this one.
-    connection_class = _ClusterSSLConnection if ssl else _ClusterConnection
     client.connection_kwargs["connection_class"] = connection_class
     for node in client.startup_nodes:
         node.connection_class = connection_class
@@ -170,14 +176,12 @@ def _cluster_client() -> RedisCluster:
 def node_client(host: str, port: int) -> aioredis.Redis:
     """A client of one cluster node alone, with REDIS_URL's credentials and TLS: for the channel
     layer's subscriptions (realtime/broker.py), which must not share RedisCluster's pools."""
-    url = parse_url(notifier_settings.REDIS_URL)
-    ssl = notifier_settings.REDIS_URL.startswith("rediss://")
+    credentials, connection_class, _ = _cluster_connections()
     pool = aioredis.ConnectionPool(
-        connection_class=_ClusterSSLConnection if ssl else _ClusterConnection,
+        connection_class=connection_class,
         host=host,
         port=port,
-        username=url.get("username"),
-        password=url.get("password"),
+        **credentials,
         socket_connect_timeout=notifier_settings.REDIS_CONNECT_TIMEOUT_SECS,
         socket_keepalive=True,
         health_check_interval=10,
@@ -262,13 +266,12 @@ class LuaScript:
         pending = list(range(len(calls)))
         acked = replicas.count
         for attempt in range(REDIRECT_ATTEMPTS):
-            nodes = {owner_of(cluster, calls[i][0][0]).name: i for i in pending} if replicas.count else {}
+            owners = [owner_of(cluster, calls[i][0][0]) for i in pending] if replicas.count else []
             async with cluster.pipeline(transaction=False) as pipe:
                 for i in pending:
                     keys, args = calls[i]
                     pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
-                for i in nodes.values():
-                    node = owner_of(cluster, calls[i][0][0])
+                for node in {node.name: node for node in owners}.values():
                     pipe.execute_command("WAIT", replicas.count, replicas.timeout_ms, target_nodes=node)
                 replies = list(await pipe.execute(raise_on_error=False, allow_redirections=not replicas.count))
             for reply in replies[len(pending) :]:

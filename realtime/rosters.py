@@ -117,9 +117,12 @@ class RedisRoster:
         self._prefix, self._holders_kind, self._emptied_kind = prefix, holders, emptied
         self._registry = f"{prefix}:{registry}"
 
+    def _bucket_tag(self, bucket: int) -> str:
+        return tag(f"{self._registry}:{bucket}")
+
     def _bucket(self, name: str) -> str:
         """The part of `name`'s keys before the name: its bucket's hash tag in cluster mode."""
-        return tag(f"{self._registry}:{slot_of(name) % REGISTRY_BUCKETS}") if cluster_mode() else ""
+        return self._bucket_tag(slot_of(name) % REGISTRY_BUCKETS) if cluster_mode() else ""
 
     def _holders(self, name: str) -> str:
         return f"{self._prefix}:{self._holders_kind}:{self._bucket(name)}{name}"
@@ -130,7 +133,7 @@ class RedisRoster:
     def _registries(self) -> list[str]:
         if not cluster_mode():
             return [self._registry]
-        return [f"{self._registry}:{tag(f'{self._registry}:{n}')}" for n in range(REGISTRY_BUCKETS)]
+        return [f"{self._registry}:{self._bucket_tag(n)}" for n in range(REGISTRY_BUCKETS)]
 
     def _keys(self, name: str) -> list[str]:
         emptied = f"{self._prefix}:{self._emptied_kind}:{self._bucket(name)}{name}"
