@@ -197,11 +197,6 @@ class TestCluster:
             what=f"a replica to take over from master {port}",
         )
 
-    def restart(self, port: int) -> None:
-        """Start a killed node again: it rejoins as a replica of whoever took its slots."""
-        self.node(port).start()
-        self.wait_healthy()
-
     def migrate_slot(self, slot: int, source: int, target: int) -> None:
         """Move one slot and its keys from master `source` to master `target`, as
         `redis-cli --cluster reshard` does it (SETSLOT IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE)."""
