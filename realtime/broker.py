@@ -52,8 +52,7 @@ from channels_redis import pubsub
 from channels_redis.serializers import MsgPackSerializer
 from channels_redis.utils import _wrap_close
 from redis.asyncio.client import PubSub
-from redis.asyncio.cluster import RedisCluster
-from redis.crc import key_slot
+from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from . import frames, metrics
@@ -178,7 +177,11 @@ class ShardedLayer(BaseChannelLayer):
         return name
 
     async def receive(self, channel: str) -> dict[str, Any]:
-        message: dict[str, Any] = await self._loop().queues.setdefault(channel, asyncio.Queue()).get()
+        queues = self._loop().queues
+        queue = queues.get(channel)
+        if queue is None:  # not made by new_channel (every hub's is)
+            queue = queues[channel] = asyncio.Queue()
+        message: dict[str, Any] = await queue.get()
         return message
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
@@ -224,15 +227,11 @@ class ShardedLayer(BaseChannelLayer):
 
 
 class _SlotAwarePubSub(PubSub):
-    """A node's PubSub that, reconnecting, subscribes again one slot at a time: redis-py's
-    batches every shard channel in one SSUBSCRIBE, which Redis refuses (CROSSSLOT)."""
+    """A node's PubSub that, reconnecting, subscribes again one slot at a time: the plain
+    PubSub batches every shard channel in one SSUBSCRIBE, which Redis refuses (CROSSSLOT).
+    redis-py's ClusterPubSub gives its own per-node PubSubs this same method."""
 
-    async def _resubscribe_shard_channels(self) -> None:
-        by_slot: dict[int, dict[Any, Any]] = {}
-        for channel, handler in self.shard_channels.items():
-            by_slot.setdefault(key_slot(self.encoder.encode(channel)), {})[channel] = handler
-        for subscriptions in by_slot.values():
-            await self._resubscribe(subscriptions, self.ssubscribe)
+    _resubscribe_shard_channels = ClusterPubSub._resubscribe_shard_channels
 
 
 class _NodeSubscriptions:
